@@ -1,0 +1,68 @@
+"""Side-by-side measurement helpers for bench/ scripts.
+
+Each candidate runs in a fresh process (multiprocessing, spawn) so that peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak RSS (``ru_maxrss``)
+during the measured call, above what setup already used. Times are the median of ``repeat`` calls after
+one warm-up call.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _child(setup: Callable[[], Callable[[], Any]], repeat: int, queue: "mp.Queue") -> None:
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run = setup()
+    run()  # warm-up (lazy inits, allocator caches)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = _peak_rss_bytes()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else max(0, _peak_rss_bytes() - before)
+    queue.put({"seconds": statistics.median(times), "peak_bytes": peak, "device": "cuda" if cuda else "cpu"})
+
+
+def measure(setup: Callable[[], Callable[[], Any]], repeat: int = 3) -> dict:
+    """Run ``setup()`` in a fresh process, then time the callable it returns; ``setup`` must be a
+    module-level function (picklable)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(setup, repeat, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:8.1f} MiB"
+
+
+def report(title: str, ours: dict, baseline: dict, names: tuple[str, str] = ("ours", "baseline")) -> None:
+    print(f"\n{title}")
+    for name, r in zip(names, (ours, baseline)):
+        print(f"  {name:>24}: {r['seconds'] * 1000:9.1f} ms   peak {mib(r['peak_bytes'])}  ({r['device']})")
+    t = ours["seconds"] / baseline["seconds"]
+    m = ours["peak_bytes"] / baseline["peak_bytes"] if baseline["peak_bytes"] else float("nan")
+    print(f"  ratio {names[0]}/{names[1]}: time {t:.3f}x   peak memory {m:.3f}x")
