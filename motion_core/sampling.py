@@ -42,6 +42,17 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
 
+# Flow-matching models (prediction_type "flow": x_σ = (1−σ)·x0 + σ·ε, the model predicts v = ε − x0) are
+# stepped on the flow ODE over shifted sigmas. "ddim" means the deterministic Euler step of that ODE --
+# the DDIM update written in the flow parametrisation -- so the default request works on every family.
+FLOW_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("FlowMatchEulerDiscreteScheduler", {}),
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {"prediction_type": "flow_prediction", "use_flow_sigmas": True}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"prediction_type": "flow_prediction", "use_flow_sigmas": True,
+                                                "algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
 
 @dataclass
 class SampleRequest:
@@ -154,11 +165,47 @@ def make_scheduler(model: VideoModel, name: str) -> Any:
     """A fresh diffusers scheduler of kind ``name`` built from the model's own scheduler config."""
     import diffusers
 
+    if model.prediction_type == "flow":
+        return make_flow_scheduler(model, name)
     if name not in SCHEDULERS:
         raise InputError(f"Unknown scheduler '{name}'. Choose one of: {', '.join(SCHEDULERS)}.")
     cls_name, extra = SCHEDULERS[name]
     cls = getattr(diffusers, cls_name)
     return cls.from_config(dict(model.scheduler.config), **extra)
+
+
+def flow_shift(model: VideoModel) -> float:
+    """The sigma shift of a flow model's schedule (``flow_shift`` of a UniPC/DPM config, ``shift`` of a
+    FlowMatchEuler config; 1.0 when neither is set)."""
+    config = model.scheduler.config
+    return float(getattr(model, "flow_shift", None) or config.get("flow_shift") or config.get("shift") or 1.0)
+
+
+def make_flow_scheduler(model: VideoModel, name: str) -> Any:
+    """A fresh flow-matching scheduler of kind ``name`` with the model's shift and training timesteps."""
+    import diffusers
+
+    if name not in FLOW_SCHEDULERS:
+        raise InputError(f"The scheduler '{name}' does not exist for flow-matching models; choose one of: "
+                         f"{', '.join(FLOW_SCHEDULERS)}.")
+    cls_name, extra = FLOW_SCHEDULERS[name]
+    train_steps = int(model.scheduler.config.get("num_train_timesteps", 1000))
+    shift = flow_shift(model)
+    if cls_name == "FlowMatchEulerDiscreteScheduler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=train_steps, shift=shift)
+    return getattr(diffusers, cls_name)(num_train_timesteps=train_steps, flow_shift=shift, **extra)
+
+
+def flow_guidance_update(latents_next: torch.Tensor, grad: torch.Tensor, sigma: float,
+                         sigma_next: float) -> torch.Tensor:
+    """Guidance for a flow step, the flow analogue of ``ddim_step``'s direction-term injection.
+
+    Written as DDIM in the flow parametrisation, a step is ``x' = (1−σ')·x̂0 + σ'·ε̂`` with
+    ``x̂0 = x − σ v`` and ``ε̂ = x + (1−σ) v``. Correcting only the noise direction, ``ε̂ → ε̂ − σ·g``
+    (MotionClone's rule with the flow noise level σ in place of √(1−ᾱ_t)), moves the result by
+    ``−σ·σ'·g`` -- the same as stepping with the corrected velocity ``v − σσ'/(σ−σ')·g``.
+    """
+    return latents_next - float(sigma) * float(sigma_next) * grad
 
 
 def seeded_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -308,6 +355,12 @@ def _timesteps(scheduler: Any, model: VideoModel, req: SampleRequest, hooks: Seq
         ts = [int(t) for t in custom[0]]
         if any(a <= b for a, b in zip(ts, ts[1:])):
             raise InputError("A custom timestep schedule must be strictly decreasing.")
+        if model.prediction_type == "flow":
+            # σ = t / T exactly: undo the scheduler's shift, which set_timesteps applies to given sigmas
+            train_steps, shift = float(scheduler.config.num_train_timesteps), flow_shift(model)
+            sigmas = [min(1.0, t / train_steps) for t in ts]
+            scheduler.set_timesteps(sigmas=[s / (shift - (shift - 1.0) * s) for s in sigmas], device="cpu")
+            return list(scheduler.timesteps)
         return ts
     scheduler.set_timesteps(req.steps, device="cpu")
     return list(scheduler.timesteps)
@@ -369,6 +422,10 @@ def _scheduler_step(scheduler: Any, model: VideoModel, req: SampleRequest, state
     out = scheduler.step(model_out, state.raw_timesteps[state.step], z, return_dict=False)[0]
     out = out.to(torch.float32)
     if grad is not None:
-        out = model.guidance_update(state, out, grad)
+        if model.prediction_type == "flow":
+            sigmas = scheduler.sigmas
+            out = flow_guidance_update(out, grad, float(sigmas[state.step]), float(sigmas[state.step + 1]))
+        else:
+            out = model.guidance_update(state, out, grad)
     return out
 

@@ -1,0 +1,366 @@
+"""Tiny random models of every family, built from config and saved in diffusers layout.
+
+Used by the tests and by the CLI's offline smoke test: no download, no network, deterministic for a seed.
+The folders are real diffusers folders (``model_index.json`` + one subfolder per component, safetensors),
+so they go through the same loading code as a real model.
+
+Sizes (chosen so that a 2-step, 8-frame, 64x64 sample takes well under a second on a CPU):
+
+* VAE: ``block_out_channels (32, 32, 64)`` -> **vae scale factor 4**, 4 latent channels, SD scaling
+  0.18215. (Factor 2 makes a 64x64 clip a 32x32 latent, and the spatial attention over 1024 tokens makes
+  one UNet forward about 5x slower on a CPU.)
+* UNet3D: the tiny config of reference/motion_director_and_custom_motion.md section 4 (1,328,900 params);
+  one downsampler -> **size multiple 8** (4 x 2); ``sample_size 16`` -> default size 64x64.
+* AnimateDiff (default): SD-style UNet2D (32, 64) + a motion adapter with a mid-block motion module
+  (v2-like) -> size multiple 8. ``four_level=True``: the 4-level config of reference/motion_clone.md section
+  16 (``up_blocks.1`` is the second decoder stage with 3 motion modules, no mid-block motion module, like
+  AnimateDiff v3) -> size multiple 32 (4 x 2^3).
+* Text: a CLIP BPE tokenizer written from the 256 byte characters, their ``</w>`` forms, a few merges
+  and the 2 special tokens (:data:`TINY_VOCAB_SIZE` entries), ``model_max_length`` **77** as in the real
+  CLIP models (prompt truncation behaves like the real thing); a 2-layer CLIPTextModel, hidden size 32.
+
+Every weight of the denoisers (and motion adapters) is perturbed by ``0.02 * randn`` (seeded): the
+zero-initialised output projections (``proj_out``, ``conv4`` of the temporal convolutions, motion module
+``proj_out``) would otherwise make temporal modules no-ops and hide bugs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TINY_FAMILIES",
+    "TINY_MODEL_MAX_LENGTH",
+    "TINY_VOCAB_SIZE",
+    "TinyAnimateDiffPaths",
+    "build_tiny_animatediff",
+    "build_tiny_model",
+    "build_tiny_unet3d",
+    "ensure_tiny_model",
+    "write_tiny_clip_tokenizer",
+]
+
+#: bump when the tiny configs change, so cached folders are rebuilt
+TINY_FORMAT_VERSION = 1
+TINY_MODEL_MAX_LENGTH = 77
+TINY_HIDDEN = 32
+
+# A few BPE merges so that common test words are single tokens ("the", "cat", "dog", "car", "running").
+_MERGES: tuple[tuple[str, str], ...] = (
+    ("t", "h"), ("th", "e</w>"),
+    ("c", "a"), ("ca", "t</w>"), ("ca", "r</w>"),
+    ("d", "o"), ("do", "g</w>"),
+    ("i", "n"), ("in", "g</w>"),
+    ("r", "u"), ("ru", "n"), ("run", "n"), ("runn", "ing</w>"),
+)
+_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+TINY_VOCAB_SIZE = 256 * 2 + len(_MERGES) + len(_SPECIAL_TOKENS)
+
+TINY_FAMILIES = ("unet3d", "animatediff")
+_MARKER = "motionkit_tiny.json"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence diffusers/transformers logging and progress bars while building (restored after)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(),
+             tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        tlog.set_verbosity(saved[1])
+        (dlog.enable_progress_bar if saved[2] else dlog.disable_progress_bar)()
+        (tlog.enable_progress_bar if saved[3] else tlog.disable_progress_bar)()
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the 256 byte values (GPT-2/CLIP scheme):
+    printable Latin-1 bytes stand for themselves, the others are shifted to code points 256+."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(
+        range(ord("®"), ord("ÿ") + 1))
+    shifted = 0
+    alphabet = []
+    for byte in range(256):
+        if byte in printable:
+            alphabet.append(chr(byte))
+        else:
+            alphabet.append(chr(256 + shifted))
+            shifted += 1
+    return alphabet
+
+
+def write_tiny_clip_tokenizer(folder: str | os.PathLike, *, model_max_length: int = TINY_MODEL_MAX_LENGTH):
+    """Write a CLIP BPE tokenizer (vocab.json, merges.txt, configs) into ``folder``, load it back with
+    ``CLIPTokenizer.from_pretrained`` and return it. Raises RuntimeError if transformers does not load it
+    with the intended vocabulary size (transformers 5 can silently return a degenerate tokenizer)."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in _MERGES] + list(_SPECIAL_TOKENS)
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != TINY_VOCAB_SIZE:  # a merge result duplicating an existing token
+        raise RuntimeError(f"tiny vocabulary has duplicates ({len(vocab)} != {TINY_VOCAB_SIZE})")
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES), encoding="utf-8")
+    specials = {"bos_token": _SPECIAL_TOKENS[0], "eos_token": _SPECIAL_TOKENS[1],
+                "pad_token": _SPECIAL_TOKENS[1], "unk_token": _SPECIAL_TOKENS[1]}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "do_lower_case": True,
+         "errors": "replace", **specials}), encoding="utf-8")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if len(tokenizer) != TINY_VOCAB_SIZE or tokenizer.model_max_length != model_max_length:
+        raise RuntimeError(
+            f"the tiny CLIP tokenizer in {folder} loaded with {len(tokenizer)} tokens and model_max_length "
+            f"{tokenizer.model_max_length} (expected {TINY_VOCAB_SIZE} and {model_max_length})")
+    return tokenizer
+
+
+def _tiny_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=TINY_VOCAB_SIZE, hidden_size=TINY_HIDDEN, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=TINY_MODEL_MAX_LENGTH, projection_dim=TINY_HIDDEN,
+        bos_token_id=TINY_VOCAB_SIZE - 2, eos_token_id=TINY_VOCAB_SIZE - 1, pad_token_id=TINY_VOCAB_SIZE - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=32, sample_size=64,
+    )
+
+
+def _ddim_scheduler(beta_schedule: str):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule=beta_schedule,
+        steps_offset=1, set_alpha_to_one=False, clip_sample=False, prediction_type="epsilon",
+    )
+
+
+@torch.no_grad()
+def _perturb(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> None:
+    for p in module.parameters():
+        p.add_(std * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+
+def _write_model_index(folder: Path, pipeline_class: str, components: dict[str, tuple[str | None, str | None]]):
+    import diffusers
+
+    index: dict[str, Any] = {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__}
+    for name, (library, cls) in sorted(components.items()):
+        index[name] = [library, cls]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def _save_common(folder: Path, *, vae, text_encoder, scheduler) -> None:
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    write_tiny_clip_tokenizer(folder / "tokenizer")
+    scheduler.save_pretrained(folder / "scheduler")
+
+
+_COMMON_INDEX = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "scheduler": ("diffusers", "DDIMScheduler"),
+}
+
+
+def build_tiny_unet3d(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny ZeroScope/ModelScope-like model in the TextToVideoSDPipeline layout; returns ``folder``."""
+    with _quiet():
+        return _build_unet3d(Path(folder), seed)
+
+
+def _build_unet3d(folder: Path, seed: int) -> Path:
+    from diffusers import UNet3DConditionModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        unet = UNet3DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+            block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8,
+            cross_attention_dim=TINY_HIDDEN, norm_num_groups=32,
+        )
+        _perturb(unet, generator)
+        vae, text_encoder = _tiny_vae(), _tiny_text_encoder()
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    _save_common(folder, vae=vae, text_encoder=text_encoder, scheduler=_ddim_scheduler("scaled_linear"))
+    _write_model_index(folder, "TextToVideoSDPipeline", {**_COMMON_INDEX,
+                                                         "unet": ("diffusers", "UNet3DConditionModel")})
+    return folder
+
+
+@dataclass(frozen=True)
+class TinyAnimateDiffPaths:
+    """Folders written by :func:`build_tiny_animatediff`."""
+
+    root: Path
+    #: SD1.5-layout folder (UNet2DConditionModel, no safety checker)
+    sd15: Path
+    #: MotionAdapter folder (config.json + diffusion_pytorch_model.safetensors)
+    motion_adapter: Path
+    #: AnimateDiffPipeline folder (UNetMotionModel + motion_adapter), loadable on its own
+    pipeline: Path
+
+
+def build_tiny_animatediff(folder: str | os.PathLike, seed: int = 0, *, four_level: bool = False
+                           ) -> TinyAnimateDiffPaths:
+    """A tiny SD1.5-layout folder + a motion adapter + the combined AnimateDiffPipeline folder.
+
+    Default: 2 levels (32, 64), 1 layer per block, a mid-block motion module (v2-like).
+    ``four_level``: (32, 32, 64, 64), 2 layers per block, GroupNorm(2), 4 motion heads, no mid-block
+    motion module (v3-like) -- reference/motion_clone.md section 16.
+    """
+    with _quiet():
+        return _build_animatediff(Path(folder), seed, four_level)
+
+
+def _build_animatediff(folder: Path, seed: int, four_level: bool) -> TinyAnimateDiffPaths:
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    root = Path(folder)
+    paths = TinyAnimateDiffPaths(root=root, sd15=root / "sd15", motion_adapter=root / "motion_adapter",
+                                 pipeline=root / "animatediff")
+    for p in (paths.sd15, paths.motion_adapter, paths.pipeline):
+        p.mkdir(parents=True, exist_ok=True)
+    if four_level:
+        channels, layers, groups, heads, mid = (32, 32, 64, 64), 2, 2, 4, False
+        down = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    else:
+        channels, layers, groups, heads, mid = (32, 64), 1, 32, 4, True
+        down = ("CrossAttnDownBlock2D", "DownBlock2D")
+        up = ("UpBlock2D", "CrossAttnUpBlock2D")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, down_block_types=down, up_block_types=up,
+            block_out_channels=channels, layers_per_block=layers, attention_head_dim=8,
+            cross_attention_dim=TINY_HIDDEN, norm_num_groups=groups,
+        )
+        adapter = MotionAdapter(
+            block_out_channels=channels, motion_layers_per_block=layers, motion_norm_num_groups=groups,
+            motion_num_attention_heads=heads, motion_max_seq_length=32, use_motion_mid_block=mid,
+        )
+        _perturb(unet, generator)
+        _perturb(adapter, generator)
+        vae, text_encoder = _tiny_vae(), _tiny_text_encoder()
+        motion_unet = UNetMotionModel.from_unet2d(unet, adapter)
+    scheduler = _ddim_scheduler("linear")  # AnimateDiff's training schedule (reference/motion_clone.md 2)
+
+    unet.save_pretrained(paths.sd15 / "unet", safe_serialization=True)
+    _save_common(paths.sd15, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+    _write_model_index(paths.sd15, "StableDiffusionPipeline", {
+        **_COMMON_INDEX, "unet": ("diffusers", "UNet2DConditionModel"),
+        "safety_checker": (None, None), "feature_extractor": (None, None), "image_encoder": (None, None)})
+    index = json.loads((paths.sd15 / "model_index.json").read_text(encoding="utf-8"))
+    index["requires_safety_checker"] = False
+    (paths.sd15 / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+    adapter.save_pretrained(paths.motion_adapter, safe_serialization=True)
+
+    motion_unet.save_pretrained(paths.pipeline / "unet", safe_serialization=True)
+    adapter.save_pretrained(paths.pipeline / "motion_adapter", safe_serialization=True)
+    _save_common(paths.pipeline, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+    _write_model_index(paths.pipeline, "AnimateDiffPipeline", {
+        **_COMMON_INDEX, "unet": ("diffusers", "UNetMotionModel"),
+        "motion_adapter": ("diffusers", "MotionAdapter"),
+        "feature_extractor": (None, None), "image_encoder": (None, None)})
+    return paths
+
+
+def build_tiny_model(family: str, folder: str | os.PathLike, seed: int = 0, **options: Any) -> Path:
+    """Build the tiny model of ``family`` into ``folder``; returns the folder ``load_video_model`` loads
+    (for ``animatediff``: the combined AnimateDiffPipeline folder). ``options`` go to the family builder
+    (``four_level=True`` for animatediff)."""
+    if family == "unet3d":
+        if options:
+            raise TypeError(f"unexpected options for unet3d: {sorted(options)}")
+        return build_tiny_unet3d(folder, seed)
+    if family == "animatediff":
+        return build_tiny_animatediff(folder, seed, **options).pipeline
+    from .errors import InputError
+
+    raise InputError(f"no tiny model for family {family!r}; available: {', '.join(TINY_FAMILIES)}.")
+
+
+def default_cache_dir() -> Path:
+    """``$MOTIONKIT_CACHE`` or ``<OS temp dir>/motionkit-tiny``."""
+    env = os.environ.get("MOTIONKIT_CACHE")
+    return Path(env) if env else Path(tempfile.gettempdir()) / "motionkit-tiny"
+
+
+def ensure_tiny_model(family: str, cache_dir: str | os.PathLike | None = None, *, seed: int = 0,
+                      **options: Any) -> Path:
+    """The tiny model of ``family``, built once into ``cache_dir`` and reused afterwards.
+
+    The build goes to a private folder that is renamed into place at the end, so concurrent callers (two
+    test processes) never see a half-written model. Returns what :func:`build_tiny_model` returns.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    # The key carries a digest of this file, so a changed recipe never reuses a stale cached build.
+    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    key = "-".join([family, f"v{TINY_FORMAT_VERSION}", recipe, f"seed{seed}"]
+                   + [f"{k}={options[k]}" for k in sorted(options)])
+    target = cache / key
+    record = {"family": family, "seed": seed, "options": {k: str(v) for k, v in options.items()},
+              "version": TINY_FORMAT_VERSION}
+    marker = target / _MARKER
+    if marker.is_file():
+        return target / json.loads(marker.read_text(encoding="utf-8"))["model"]
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".{key}.{uuid.uuid4().hex}"
+    try:
+        built = build_tiny_model(family, staging, seed, **options)
+        record["model"] = built.relative_to(staging).as_posix() if built != staging else "."
+        (staging / _MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race (or a stale incomplete folder is in the way)
+            if not marker.is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / json.loads(marker.read_text(encoding="utf-8"))["model"]
