@@ -289,10 +289,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         resolved = dtype
+    elif str(dtype).strip().lower() == "auto":
+        # Half precision where it is fast and safe (CUDA), full precision elsewhere.
+        resolved = torch.float16 if device.type == "cuda" else torch.float32
     else:
         resolved = _DTYPES.get(str(dtype).strip().lower().replace("torch.", ""))
         if resolved is None:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16.")
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16.")
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ModelLoadError(f"dtype {resolved} is not supported; use fp32, fp16 or bf16.")
     if resolved == torch.float16 and device.type == "cpu":
