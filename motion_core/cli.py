@@ -89,8 +89,7 @@ def load_model_from_args(args: argparse.Namespace):
     smoke = not args.model
     if smoke:
         family = "unet3d" if args.family == "auto" else args.family
-        built = ensure_tiny_model(family)
-        source = built if isinstance(built, (str, Path)) else built["pipeline"]
+        source = ensure_tiny_model(family)
         print(SMOKE_BANNER.format(family=family), file=sys.stderr)
         for key, value in SMOKE_DEFAULTS.items():
             if getattr(args, key, "absent") is None:
@@ -141,15 +140,20 @@ def write_videos(frames, out: str | Path, fps: float) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- sample
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    from .adapters import add_adapter_arguments
+
     add_model_arguments(p)
     add_sampling_arguments(p)
+    add_adapter_arguments(p)
 
 
 @command("sample", "generate a video from a prompt (text-to-video)", _sample_arguments)
 def run_sample(args: argparse.Namespace) -> int:
+    from .adapters import apply_adapter_arguments
     from .sampling import SampleRequest, sample
 
     model, smoke = load_model_from_args(args)
+    model = apply_adapter_arguments(model, args)  # --adapter / --noise-prior (MotionDirector issue)
     prompts = prompt_list(args.prompt)
     request = SampleRequest(prompt=prompts, negative_prompt=args.negative_prompt, width=args.width,
                             height=args.height, num_frames=args.frames, steps=args.steps or 25,
