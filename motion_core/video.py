@@ -520,19 +520,30 @@ def load_video(
         raise InputError(f"resize_mode must be 'crop' or 'stretch', got {resize_mode!r}.")
 
     p = _check_path(path)
-    reader = _open_reader(p, backend)
-    try:
-        total, source_fps = reader.num_frames, reader.fps
-        src_w, src_h = reader.width, reader.height
+    order = _backend_order(backend)
+    for attempt, name in enumerate(order):
+        # A backend that opens a file but fails while decoding it (decord on some sizes/codecs) is
+        # followed by the next one in "auto" mode instead of failing the whole load.
+        reader = _open_reader(p, name if backend == "auto" else backend)
         try:
-            indices = select_frame_indices(
-                total, source_fps, num_frames=num_frames, fps=fps, stride=stride, start=start, spread=spread
-            )
-        except VideoError as exc:
-            raise VideoError(f"{p}: {exc}") from None
-        raw = reader.read(indices)
-    finally:
-        reader.close()
+            total, source_fps = reader.num_frames, reader.fps
+            src_w, src_h = reader.width, reader.height
+            try:
+                indices = select_frame_indices(
+                    total, source_fps, num_frames=num_frames, fps=fps, stride=stride, start=start, spread=spread
+                )
+            except VideoError as exc:
+                raise VideoError(f"{p}: {exc}") from None
+            raw = reader.read(indices)
+            break
+        except VideoError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each backend raises its own error types
+            if backend != "auto" or attempt == len(order) - 1:
+                raise VideoError(f"Cannot decode {p} with {reader.name}: {exc}. Re-encode it, e.g. "
+                                 "ffmpeg -i in.ext -c:v libx264 -pix_fmt yuv420p out.mp4") from exc
+        finally:
+            reader.close()
 
     frames = torch.from_numpy(raw).to(torch.float32).div_(255.0)
     h, w = int(frames.shape[1]), int(frames.shape[2])

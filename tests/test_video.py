@@ -513,3 +513,13 @@ def test_auto_falls_back_to_av_when_decord_cannot_open(tmp_path: Path) -> None:
     clip = V.load_video(gif)  # decord cannot read GIF; auto retries with PyAV
     assert clip.backend == "av" and clip.num_frames == 6
     assert torch.allclose(V.mean_velocity(clip.frames), torch.tensor([2.0, 0.0]), atol=0.05)
+
+
+@pytest.mark.skipif("decord" not in V.available_backends(), reason="needs decord to show the fallback")
+def test_auto_backend_falls_back_when_decord_fails_while_decoding(tmp_path):
+    # decord 0.6 opens this 48x64 (portrait) clip but fails copying its frames; "auto" must use PyAV.
+    path = V.write_video(tmp_path / "portrait.mp4", V.moving_square_frames(8, width=48, height=64), 8)
+    with pytest.raises(VideoError, match="decord"):
+        V.load_video(path, backend="decord")
+    clip = V.load_video(path)
+    assert clip.frames.shape == (8, 64, 48, 3) and clip.backend == "av"
