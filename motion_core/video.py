@@ -520,11 +520,19 @@ def load_video(
         raise InputError(f"resize_mode must be 'crop' or 'stretch', got {resize_mode!r}.")
 
     p = _check_path(path)
-    order = _backend_order(backend)
+    # In "auto" mode a backend that cannot open the file, or opens it but fails while decoding (decord
+    # on GIFs and on some frame sizes), is followed by the next one instead of failing the whole load.
+    order = _backend_order(backend) if backend == "auto" else [backend]
+    failures: list[str] = []
     for attempt, name in enumerate(order):
-        # A backend that opens a file but fails while decoding it (decord on some sizes/codecs) is
-        # followed by the next one in "auto" mode instead of failing the whole load.
-        reader = _open_reader(p, name if backend == "auto" else backend)
+        last = attempt == len(order) - 1
+        try:
+            reader = _open_reader(p, name)
+        except VideoError as exc:
+            if last:
+                raise VideoError(f"{exc} ({'; '.join(failures)})" if failures else str(exc)) from None
+            failures.append(str(exc))
+            continue
         try:
             total, source_fps = reader.num_frames, reader.fps
             src_w, src_h = reader.width, reader.height
@@ -539,9 +547,10 @@ def load_video(
         except VideoError:
             raise
         except Exception as exc:  # noqa: BLE001 - each backend raises its own error types
-            if backend != "auto" or attempt == len(order) - 1:
+            if last:
                 raise VideoError(f"Cannot decode {p} with {reader.name}: {exc}. Re-encode it, e.g. "
                                  "ffmpeg -i in.ext -c:v libx264 -pix_fmt yuv420p out.mp4") from exc
+            failures.append(f"{reader.name}: {exc}")
         finally:
             reader.close()
 
