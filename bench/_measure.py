@@ -1,9 +1,11 @@
 """Side-by-side measurement helpers for bench/ scripts.
 
 Each candidate runs in a fresh process (multiprocessing, spawn) so that peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak RSS (``ru_maxrss``)
-during the measured call, above what setup already used. Times are the median of ``repeat`` calls after
-one warm-up call.
+``torch.cuda.max_memory_allocated``; on Linux CPUs the peak RSS (VmHWM) of the measured calls above the RSS
+before them -- the high-water mark is reset through ``/proc/self/clear_refs`` after the warm-up call, and
+glibc is told to return large blocks to the OS (mmap threshold 64 KiB, ``malloc_trim``) so that memory the
+warm-up freed does not hide the measured calls' own peak. Elsewhere ``ru_maxrss`` growth (a lower bound).
+Times are the median of ``repeat`` calls after one warm-up call.
 """
 
 from __future__ import annotations
@@ -21,16 +23,54 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _glibc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _reset_peak() -> int | None:
+    """Reset the RSS high-water mark; returns the current RSS in bytes (None where unsupported)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    rss = _status_kib("VmRSS")
+    return None if rss is None else rss * 1024
+
+
 def _child(setup: Callable[[], Callable[[], Any]], repeat: int, queue: "mp.Queue") -> None:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large tensors are mmapped and given back on free
     run = setup()
     run()  # warm-up (lazy inits, allocator caches)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    base_rss = None if cuda else _reset_peak()
     before = _peak_rss_bytes()
     times = []
     for _ in range(repeat):
@@ -39,7 +79,12 @@ def _child(setup: Callable[[], Callable[[], Any]], repeat: int, queue: "mp.Queue
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else max(0, _peak_rss_bytes() - before)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    elif base_rss is not None:
+        peak = max(0, (_status_kib("VmHWM") or 0) * 1024 - base_rss)
+    else:
+        peak = max(0, _peak_rss_bytes() - before)
     queue.put({"seconds": statistics.median(times), "peak_bytes": peak, "device": "cuda" if cuda else "cpu"})
 
 

@@ -203,7 +203,7 @@ def flow_guidance_update(latents_next: torch.Tensor, grad: torch.Tensor, sigma: 
     Written as DDIM in the flow parametrisation, a step is ``x' = (1−σ')·x̂0 + σ'·ε̂`` with
     ``x̂0 = x − σ v`` and ``ε̂ = x + (1−σ) v``. Correcting only the noise direction, ``ε̂ → ε̂ − σ·g``
     (MotionClone's rule with the flow noise level σ in place of √(1−ᾱ_t)), moves the result by
-    ``−σ·σ'·g`` -- the same as stepping with the corrected velocity ``v − σσ'/(σ−σ')·g``.
+    ``−σ·σ'·g`` -- the same as an Euler step with the corrected velocity ``v + σσ'/(σ−σ')·g`` (σ' < σ).
     """
     return latents_next - float(sigma) * float(sigma_next) * grad
 

@@ -68,7 +68,7 @@ _MERGES: tuple[tuple[str, str], ...] = (
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 TINY_VOCAB_SIZE = 256 * 2 + len(_MERGES) + len(_SPECIAL_TOKENS)
 
-TINY_FAMILIES = ("unet3d", "animatediff")
+TINY_FAMILIES = ("unet3d", "animatediff", "wan")
 _MARKER = "motionkit_tiny.json"
 
 
@@ -320,6 +320,10 @@ def build_tiny_model(family: str, folder: str | os.PathLike, seed: int = 0, **op
         return build_tiny_unet3d(folder, seed)
     if family == "animatediff":
         return build_tiny_animatediff(folder, seed, **options).pipeline
+    if family == "wan":
+        from .tiny_wan import build_tiny_wan
+
+        return build_tiny_wan(folder, seed, **options)
     from .errors import InputError
 
     raise InputError(f"no tiny model for family {family!r}; available: {', '.join(TINY_FAMILIES)}.")

@@ -48,7 +48,8 @@ PACK_DIR = Path(__file__).resolve().parent.parent
 #: our own model folder (``ComfyUI/models/motion_adapters``): LoRA sets, motion embeddings and motion
 #: representations that MotionKit saves and loads.
 MOTION_ADAPTERS = "motion_adapters"
-MOTION_ADAPTER_EXTENSIONS = frozenset({".safetensors"})
+# ".pt": the MotionDirector reference's LoRA lists (read with torch.load(weights_only=True) only)
+MOTION_ADAPTER_EXTENSIONS = frozenset({".safetensors", ".pt"})
 
 #: what the input-video combo lists when the host cannot tell content types itself
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif", ".mpg", ".mpeg",

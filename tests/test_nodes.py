@@ -350,7 +350,8 @@ def test_host_uses_comfyui_when_present(tmp_path, monkeypatch):
 
     assert h.has_host()
     paths, exts = fp.folder_names_and_paths["motion_adapters"]
-    assert paths == [str(tmp_path / "models" / "motion_adapters")] and exts == {".safetensors"}
+    # .pt: MotionDirector reference LoRA lists (loaded with torch.load(weights_only=True))
+    assert paths == [str(tmp_path / "models" / "motion_adapters")] and exts == {".safetensors", ".pt"}
     (tmp_path / "models" / "motion_adapters").mkdir(parents=True)
     (tmp_path / "models" / "motion_adapters" / "m.safetensors").write_bytes(b"x")
     assert h.list_motion_adapters() == ["m.safetensors"]

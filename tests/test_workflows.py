@@ -106,6 +106,17 @@ def provide_files_named_by(prompt: dict, dirs) -> None:
                         (folder / "model_index.json").write_text("{}")
                     else:
                         (folder / "config.json").write_text(json.dumps({"_class_name": "MotionAdapter"}))
+        if node["class_type"] == "MotionKitLoadMotionAdapter" and isinstance(inputs.get("adapter_name"), str):
+            dirs.motion_adapters.mkdir(parents=True, exist_ok=True)
+            (dirs.motion_adapters / inputs["adapter_name"]).write_bytes(b"")
+        if node["class_type"] == "MotionKitLoadSparseCtrl" and isinstance(inputs.get("sparsectrl"), str) \
+                and inputs["sparsectrl"] != "(hub id below)":
+            folder = dirs.models / "controlnet" / inputs["sparsectrl"]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({"_class_name": "SparseControlNetModel"}))
+        if node["class_type"] == "MotionKitLoadMotionRepresentation" and isinstance(inputs.get("representation"), str):
+            dirs.motion_adapters.mkdir(parents=True, exist_ok=True)
+            (dirs.motion_adapters / inputs["representation"]).write_bytes(b"")
         for name, _control, upload in widget_plan(cls):
             if upload and isinstance(inputs.get(name), str):
                 (dirs.input / inputs[name]).write_bytes(b"")

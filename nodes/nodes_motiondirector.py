@@ -1,0 +1,531 @@
+"""MotionDirector nodes: train motion LoRAs, load / apply / export motion adapters, noise prior.
+
+Thin declarations over :mod:`motion_core.methods.motion_director`, :mod:`motion_core.training`,
+:mod:`motion_core.adapters` and :mod:`motion_core.noise_prior`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from motion_core.errors import InputError
+
+from . import host
+
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+MAX_SIZE = 8192
+NONE = "none"
+LATEST = "latest"
+NO_ADAPTERS = "(no motion adapters found)"
+TRAINING_FOLDER = "motionkit_training"
+PRECISIONS = ["auto", "no", "fp16", "bf16"]
+EXPORT_FORMATS = ["animatediff_evolved", "diffusers", "peft"]
+PROGRESS_PREVIEW_EVERY = 10
+VIDEO_INPUTS = ("video_2", "video_3", "video_4")
+
+
+def _training_root() -> Path:
+    return host.output_dir() / TRAINING_FOLDER
+
+
+def _checkpoint_choices() -> list[str]:
+    """``<save name>/checkpoint-N`` folders of earlier runs in the output folder."""
+    root = _training_root()
+    found = []
+    if root.is_dir():
+        for run in sorted(p for p in root.iterdir() if p.is_dir()):
+            for ckpt in sorted(run.glob("checkpoint-*")):
+                if (ckpt / "trainer_state.json").is_file():
+                    found.append(f"{run.name}/{ckpt.name}")
+    return found
+
+
+def _adapter_choices() -> list[str]:
+    return host.list_motion_adapters() or [NO_ADAPTERS]
+
+
+def _loss_preview(history):
+    """A small loss-curve picture for the progress bar's preview (how ComfyUI shows live training state)."""
+    import numpy as np
+    from PIL import Image
+
+    from motion_core.training import render_loss_curve
+
+    image = render_loss_curve(history, width=512, height=256)
+    return ("JPEG", Image.fromarray((image[0].numpy() * 255).astype(np.uint8)), 512)
+
+
+class MotionKitTrainMotionDirector:
+    DESCRIPTION = (
+        "Trains a MotionDirector motion adapter from one reference video (or up to four): per-video spatial LoRAs "
+        "absorb the appearance from single frames, a shared temporal LoRA learns the motion with the "
+        "appearance-debiased loss. Saves the adapter (with the noise prior of the reference) to "
+        "models/motion_adapters/<save_name>.safetensors and checkpoints to output/motionkit_training/. The progress "
+        "bar shows the step and a live loss curve; Cancel stops after the current step and keeps the adapter so far."
+    )
+    CATEGORY = "MotionKit/MotionDirector"
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("MOTION_ADAPTER", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("adapter", "loss_curve", "preview")
+    OUTPUT_TOOLTIPS = (
+        "The trained motion adapter (temporal LoRA + spatial LoRAs + stored noise prior). Connect it to Apply "
+        "Motion Adapter and/or Noise Prior.",
+        "The training loss over the steps (temporal, spatial and their parts), as an image.",
+        "The last validation sample (frames of the first preview prompt) made with the temporal LoRA alone; a "
+        "black frame when previews are off.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MOTION_MODEL", {
+                    "tooltip": "The base video model from Load Video Model (unet3d: ZeroScope/ModelScope; or "
+                               "animatediff). Adapters already applied to it are ignored for training."}),
+                "video": ("IMAGE", {
+                    "tooltip": "The reference video as an IMAGE batch (e.g. from Load Reference Video). It is "
+                               "cut into windows of 'frames' frames; each window is one training clip."}),
+                "prompt": ("STRING", {
+                    "default": "a car is running on the road", "multiline": True,
+                    "tooltip": "What the reference video shows (subject and motion). With several videos, one "
+                               "line per video gives each its own caption; otherwise the text is used for all."}),
+                "steps": ("INT", {
+                    "default": 150, "min": 1, "max": 100000,
+                    "tooltip": "Training steps. The reference uses 150 for one video (about 2-5 minutes on an "
+                               "A5000-class GPU) and 300-1000 for several videos."}),
+                "learning_rate": ("FLOAT", {
+                    "default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
+                    "tooltip": "AdamW learning rate of every LoRA (reference: 5e-4). Lower it (with more steps) "
+                               "for smoother results."}),
+                "rank": ("INT", {
+                    "default": 32, "min": 1, "max": 512,
+                    "tooltip": "LoRA rank (reference: 32). Higher learns more detail and makes larger files; it "
+                               "cannot exceed the smallest layer size (the error says the limit)."}),
+                "frames": ("INT", {
+                    "default": 16, "min": 1, "max": 128,
+                    "tooltip": "Frames per training clip (reference: 16 at 8 fps). The video must have at least "
+                               "this many frames; reduce it if memory is short."}),
+                "width": ("INT", {
+                    "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
+                    "tooltip": "Training width in pixels (reference: 384). Frames are scaled to cover and "
+                               "center-cropped. Must be a multiple of the model's size multiple."}),
+                "height": ("INT", {
+                    "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
+                    "tooltip": "Training height in pixels (reference: 384)."}),
+                "checkpoint_every": ("INT", {
+                    "default": 50, "min": 0, "max": 100000,
+                    "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/"
+                               "<save_name> (0 = only at the end or on Cancel)."}),
+                "save_name": ("STRING", {
+                    "default": "motiondirector",
+                    "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). "
+                               "An existing file of that name is replaced."}),
+                "seed": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                    "tooltip": "Seed of the training run (noise, timesteps, frame choices, LoRA init). The same "
+                               "seed and settings give the same adapter."}),
+                "resume_from": ([NONE, LATEST] + _checkpoint_choices(), {
+                    "default": NONE,
+                    "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
+                               "checkpoint of this save_name, or a specific checkpoint. The settings and video "
+                               "must be those of that run."}),
+            },
+            "optional": {
+                "video_2": ("IMAGE", {"tooltip": "A second reference video of the same motion (optional)."}),
+                "video_3": ("IMAGE", {"tooltip": "A third reference video (optional)."}),
+                "video_4": ("IMAGE", {"tooltip": "A fourth reference video (optional)."}),
+                "video_fps": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
+                    "tooltip": "Frame rate of the input IMAGE batches (connect Load Reference Video's fps). 0 = "
+                               "they are already at the training frame rate."}),
+                "training_fps": ("FLOAT", {
+                    "default": 8.0, "min": 0.5, "max": 240.0, "step": 0.5,
+                    "tooltip": "Frame rate the clips are sampled at when video_fps is known (reference: 8)."}),
+                "preview_every": ("INT", {
+                    "default": 50, "min": 0, "max": 100000,
+                    "tooltip": "Make a validation sample every N steps (0 = only one at the end). Each costs "
+                               "'preview_steps' denoising steps."}),
+                "preview_prompt": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Prompt of the validation samples (empty = the training prompt)."}),
+                "preview_steps": ("INT", {
+                    "default": 30, "min": 1, "max": 1000,
+                    "tooltip": "Denoising steps of a validation sample (reference: 30, cfg 12)."}),
+                "noise_prior_steps": ("INT", {
+                    "default": 50, "min": 0, "max": 1000,
+                    "tooltip": "DDIM inversion steps of the noise prior stored in the adapter (reference: 50; "
+                               "0 = store none). Computed once before training."}),
+                "weight_decay": ("FLOAT", {
+                    "default": -1.0, "min": -1.0, "max": 1.0, "step": 1e-4, "round": False,
+                    "tooltip": "AdamW weight decay; -1 = the reference's (0.01 for one video, 0.0001 for "
+                               "several)."}),
+                "mixed_precision": (PRECISIONS, {
+                    "default": "auto",
+                    "tooltip": "Autocast on the GPU: auto follows the model's dtype (fp16 uses a gradient "
+                               "scaler). The CPU always trains in fp32."}),
+                "gradient_checkpointing": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Recompute activations in the backward pass: much less memory, about 30% "
+                               "slower. The reference trains with it on."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, save_name=None, resume_from=None):
+        if save_name is not None:
+            try:
+                host.safe_filename(save_name)
+            except InputError as exc:
+                return str(exc)
+        return True
+
+    def train(self, model, video, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every,
+              save_name, seed, resume_from, video_2=None, video_3=None, video_4=None, video_fps=0.0,
+              training_fps=8.0, preview_every=50, preview_prompt="", preview_steps=30, noise_prior_steps=50,
+              weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True):
+        import torch
+
+        from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
+        from motion_core.motion_model import MotionModel
+        from motion_core.training import TrainingConfig, VideoSource, train
+        from motion_core.video import from_comfy_image, to_comfy_image
+
+        name = host.safe_filename(save_name)
+        base = MotionModel.wrap(model).base
+        images = [video] + [v for v in (video_2, video_3, video_4) if v is not None]
+        fps = float(video_fps) or None
+        sources = [VideoSource(frames=from_comfy_image(v), fps=fps) for v in images]
+        lines = [line.strip() for line in str(prompt).splitlines() if line.strip()]
+        prompts: str | list[str] = lines if len(images) > 1 and len(lines) == len(images) else str(prompt).strip()
+        if not prompts:
+            raise InputError("The prompt is empty: describe what the reference video shows.")
+        method = MotionDirector(MotionDirectorConfig(
+            rank=int(rank), learning_rate=float(learning_rate), noise_prior_steps=int(noise_prior_steps),
+            weight_decay=None if float(weight_decay) < 0 else float(weight_decay)))
+        run_dir = _training_root() / name
+        config = TrainingConfig(
+            steps=int(steps), seed=int(seed), frames=int(frames), fps=float(training_fps) if fps else None,
+            width=int(width), height=int(height), checkpoint_every=int(checkpoint_every),
+            validate_every=int(preview_every), mixed_precision=str(mixed_precision),
+            gradient_checkpointing=bool(gradient_checkpointing), run_dir=str(run_dir), save_name=name,
+            adapters_dir=str(host.motion_adapters_dir()))
+        config.preview.prompts = [str(preview_prompt)] if str(preview_prompt).strip() else []
+        config.preview.steps = int(preview_steps)
+        config.preview.seed = int(seed)
+        config.preview.noise_prior = method.default_noise_prior(len(sources))
+        resume = None
+        if resume_from == LATEST:
+            resume = run_dir if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")) else None
+            if resume is None:
+                raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
+        elif resume_from not in (None, "", NONE):
+            resume = _training_root() / Path(str(resume_from))
+            if ".." in Path(str(resume_from)).parts or not resume.is_dir():
+                raise InputError(f"Checkpoint '{resume_from}' was not found in {_training_root()}.")
+
+        host.free_host_memory()
+        bar = host.Progress(int(steps), label="Train MotionDirector")
+
+        def progress(step: int, total: int, info: dict) -> None:
+            bar.label = f"Train MotionDirector (loss {info.get('loss', float('nan')):.4f})"
+            preview = None
+            if step == total or step % PROGRESS_PREVIEW_EVERY == 0:
+                preview = _loss_preview(progress.history)
+            progress.history.append({"step": step, "loss": info.get("loss", float("nan")), **info.get("losses", {})})
+            bar.update_absolute(step, total, preview)
+
+        progress.history = []  # type: ignore[attr-defined]
+        with host.cancellation():  # a Cancel before the first step (while caching) has nothing to keep
+            result = train(base, method, sources, prompts, config, resume=resume, progress=progress,
+                           cancel=host.cancel_requested)
+        curve = result.loss_curve()
+        if result.preview is not None:
+            preview = to_comfy_image(result.preview[0])
+        else:
+            preview = torch.zeros(1, int(height), int(width), 3)
+        return (result.adapter, curve, preview)
+
+
+class MotionKitLoadMotionAdapter:
+    DESCRIPTION = (
+        "Loads a motion adapter from models/motion_adapters: MotionKit .safetensors files (MotionDirector LoRAs and "
+        "other methods' adapters), MotionDirector reference .pt files (temporal or spatial LoRA lists, matched to "
+        "the model's layers when applied) and AnimateDiff-Evolved motion LoRAs."
+    )
+    CATEGORY = "MotionKit/adapters"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MOTION_ADAPTER", "STRING")
+    RETURN_NAMES = ("adapter", "info")
+    OUTPUT_TOOLTIPS = (
+        "The motion adapter. Connect it to Apply Motion Adapter (and Noise Prior for a stored noise prior).",
+        "What the file holds: method, family, base model, LoRA sets, ranks, steps, stored noise prior.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "adapter_name": (_adapter_choices(), {
+                    "tooltip": "A file in ComfyUI/models/motion_adapters (Train MotionDirector saves there)."}),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name, **_):
+        try:
+            return host.file_fingerprint(host.motion_adapter_path(adapter_name))
+        except Exception:
+            return float("nan")
+
+    def load(self, adapter_name):
+        from motion_core.adapters.files import load_adapter
+
+        if adapter_name == NO_ADAPTERS:
+            raise InputError(f"There are no motion adapters in {host.motion_adapters_dir()} yet: train one with Train "
+                             "MotionDirector, or put a file there and refresh (press 'r').")
+        adapter = load_adapter(host.motion_adapter_path(adapter_name))
+        info = adapter.describe() if hasattr(adapter, "describe") else type(adapter).__name__
+        return (adapter, str(info))
+
+
+class MotionKitApplyMotionAdapter:
+    DESCRIPTION = (
+        "Applies a motion adapter to a video model for sampling and returns a new MOTION_MODEL (the input model is "
+        "not changed, so several adapters can be chained and branches stay independent). For MotionDirector only "
+        "the temporal (motion) LoRA is used by default; the appearance LoRA of a training video can be added with "
+        "its own strength."
+    )
+    CATEGORY = "MotionKit/adapters"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MOTION_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the adapter applied; connect it to Motion Sampler (or chain more adapters).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MOTION_MODEL", {"tooltip": "The video model (from Load Video Model or another apply node)."}),
+                "adapter": ("MOTION_ADAPTER", {
+                    "tooltip": "The motion adapter (from Load Motion Adapter or Train MotionDirector)."}),
+                "strength": ("FLOAT", {
+                    "default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                    "tooltip": "Strength of the motion LoRA (1 = as trained; the reference's lora_scale)."}),
+                "appearance_strength": ("FLOAT", {
+                    "default": 0.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                    "tooltip": "Strength of the adapter's appearance (spatial) LoRA. 0 = motion only (the "
+                               "reference's inference); >0 also copies the training video's look."}),
+            },
+            "optional": {
+                "appearance_video": ("INT", {
+                    "default": 0, "min": 0, "max": 1024,
+                    "tooltip": "Which training video's appearance LoRA to use (0 = the first)."}),
+                "check_base_model": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Refuse an adapter trained on another base model. Turn off to try it on a model "
+                               "with the same layout (e.g. ZeroScope <-> ModelScope); the family must match."}),
+                "strength_schedule": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Strength over the denoising timesteps: empty = the adapter's own (MotionMatcher "
+                               "adapters: only while t >= 500; others constant); 'constant' = at every step; "
+                               "'t>=500' = only while t >= 500; '0:0,500:1,999:1' = linear between points."}),
+                "strategy": (["default", "camera", "object", "hybrid", "vanilla"], {
+                    "default": "default",
+                    "tooltip": "Motion embeddings (Motion Inversion) only: camera = drop the Value embeddings "
+                               "(camera motion), object / hybrid = frame-differenced Value embeddings (object "
+                               "motion; the reference treats both alike), vanilla = as trained, default = the "
+                               "adapter's own. Ignored for LoRA adapters."}),
+                "resample": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Motion embeddings only: allow another width/height or more frames than trained by "
+                               "resampling the embeddings (bilinear over the grid, linear over frames). Off = "
+                               "such a generation is refused with an error."}),
+            },
+        }
+
+    def apply(self, model, adapter, strength, appearance_strength, appearance_video=0, check_base_model=True,
+              strength_schedule="", strategy="default", resample=False):
+        from motion_core.adapters.lora import MotionLoRA, StrengthSchedule
+        from motion_core.motion_model import MotionModel
+
+        motion = MotionModel.wrap(model)
+        text = str(strength_schedule).strip()
+        schedule = StrengthSchedule.parse(text)
+        if schedule is None:  # empty: keep the adapter's own schedule; 'constant': none, whatever it stores
+            schedule = "keep" if not text else None
+        if isinstance(adapter, MotionLoRA):
+            appearance = None
+            if float(appearance_strength) != 0.0:
+                names = [s.name for s in adapter.appearance_sets]
+                if not names and not any(s.ordered for s in adapter.sets):
+                    raise InputError("This adapter has no appearance LoRA; set appearance_strength to 0.")
+                wanted = f"spatial_{int(appearance_video)}"
+                if names and wanted not in names:
+                    raise InputError(f"appearance_video {appearance_video}: this adapter has appearance LoRAs "
+                                     f"{', '.join(names)}.")
+                appearance = wanted if names else None
+            configured = adapter.with_strength(float(strength), appearance_strength=float(appearance_strength),
+                                               appearance_set=appearance,
+                                               schedule=schedule,
+                                               check_base_model=bool(check_base_model))
+        elif getattr(adapter, "kind", "") == "weight_delta":  # Customizing Motion: W_base + strength·Δ
+            configured = adapter.with_strength(float(strength),
+                                               schedule=schedule,
+                                               check_base_model=bool(check_base_model))
+        elif hasattr(adapter, "with_strategy"):  # motion embeddings
+            configured = adapter.with_strategy(None if str(strategy) == "default" else str(strategy),
+                                               strength=float(strength), resample=bool(resample),
+                                               check_base_model=bool(check_base_model))
+        elif hasattr(adapter, "with_strength"):
+            configured = adapter.with_strength(float(strength))
+        else:
+            configured = adapter
+        if hasattr(configured, "check_compatible"):
+            configured.check_compatible(motion.base)
+        note = f"{getattr(adapter, 'method', 'adapter')} x{float(strength):g}"
+        return (motion.with_adapter(configured, note=note),)
+
+
+class MotionKitNoisePrior:
+    DESCRIPTION = (
+        "MotionDirector's noise prior: sampling starts from sqrt(p) x the DDIM-inverted reference latents + "
+        "sqrt(1-p) x noise, which carries the reference's layout and motion into the new video. Uses the inversion "
+        "stored in the adapter (computed once at training), or inverts a reference video here. p = 0.1-0.5 suits "
+        "single-video adapters; 0 keeps plain noise."
+    )
+    CATEGORY = "MotionKit/MotionDirector"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MOTION_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the noise prior; Motion Sampler starts from it. Generate the same number "
+                       "of frames as the reference.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MOTION_MODEL", {"tooltip": "The video model (usually after Apply Motion Adapter)."}),
+                "p": ("FLOAT", {
+                    "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "Weight of the inverted reference: 0 = plain noise, 1 = the inversion alone "
+                               "(reference README: 0.1-0.5 for one training video, 0 for several)."}),
+            },
+            "optional": {
+                "adapter": ("MOTION_ADAPTER", {
+                    "tooltip": "An adapter that stores a noise prior (Train MotionDirector computes it)."}),
+                "reference_video": ("IMAGE", {
+                    "tooltip": "A reference video to invert instead (used when no adapter with a stored prior "
+                               "is connected). Its size should be a multiple of the model's size multiple."}),
+                "inversion_steps": ("INT", {
+                    "default": 50, "min": 1, "max": 1000,
+                    "tooltip": "DDIM inversion steps for reference_video (reference: 50)."}),
+                "clip_index": ("INT", {
+                    "default": 0, "min": 0, "max": 1024,
+                    "tooltip": "Which stored training clip's inversion to use (0 = the first)."}),
+            },
+        }
+
+    def apply(self, model, p, adapter=None, reference_video=None, inversion_steps=50, clip_index=0):
+        from motion_core.motion_model import MotionModel
+        from motion_core.noise_prior import NoisePrior, check_p
+        from motion_core.video import fit_size, from_comfy_image, resize_and_crop
+
+        motion = MotionModel.wrap(model)
+        p = check_p(p)
+        stored = getattr(adapter, "noise_prior", ()) if adapter is not None else ()
+        if stored:
+            if not 0 <= int(clip_index) < len(stored):
+                raise InputError(f"clip_index {clip_index}: the adapter stores {len(stored)} clip(s).")
+            if hasattr(adapter, "check_compatible"):
+                adapter.check_compatible(motion.base)
+            prior = NoisePrior(stored[int(clip_index)], p, source=str(getattr(adapter, "source", "adapter")))
+        elif reference_video is not None:
+            frames = from_comfy_image(reference_video)
+            m = motion.base.size_multiple
+            h, w = int(frames.shape[1]), int(frames.shape[2])
+            if w % m or h % m:
+                w, h = fit_size(w, h, multiple=m)
+                frames = resize_and_crop(frames, w, h)
+            host.free_host_memory()
+            bar = host.Progress(int(inversion_steps), label="Noise prior (DDIM inversion)")
+            with host.cancellation(), motion.activated():
+                prior = NoisePrior.from_frames(motion.base, frames, p, steps=int(inversion_steps), progress=bar,
+                                               cancel=host.cancel_requested)
+        else:
+            raise InputError("Noise Prior needs an adapter that stores a noise prior, or a reference_video to invert.")
+        return (motion.with_noise_prior(prior, note=f"noise prior p={p:g}"),)
+
+
+class MotionKitExportMotionAdapter:
+    DESCRIPTION = (
+        "Writes a LoRA motion adapter in another tool's format: animatediff_evolved (AnimateDiff-Evolved's motion "
+        "LoRA keys, into models/animatediff_motion_lora, for AnimateDiff adapters), diffusers "
+        "(unet.<layer>.lora_A/B, loadable by diffusers' load_lora_weights) or peft (with its LoraConfig), both into "
+        "output/MotionKit/exports."
+    )
+    CATEGORY = "MotionKit/adapters"
+    FUNCTION = "export"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Where the exported file was written.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "adapter": ("MOTION_ADAPTER", {"tooltip": "A LoRA motion adapter (e.g. from Train MotionDirector)."}),
+                "format": (EXPORT_FORMATS, {
+                    "default": "animatediff_evolved",
+                    "tooltip": "animatediff_evolved: for AnimateDiff-Evolved's Load AnimateDiff LoRA; diffusers: "
+                               "diffusers pipelines; peft: peft's inject_adapter_in_model."}),
+                "filename": ("STRING", {
+                    "default": "motion_lora",
+                    "tooltip": "File name (a plain name; .safetensors is added)."}),
+            },
+            "optional": {
+                "model": ("MOTION_MODEL", {
+                    "tooltip": "Only needed for adapters imported from MotionDirector reference .pt files (their "
+                               "layer names come from the model)."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename=None):
+        if filename is not None:
+            try:
+                host.safe_filename(filename)
+            except InputError as exc:
+                return str(exc)
+        return True
+
+    def export(self, adapter, format, filename, model=None):
+        from motion_core.adapters.files import export_adapter
+        from motion_core.motion_model import MotionModel
+
+        name = host.safe_filename(filename)
+        if not name.lower().endswith(".safetensors"):
+            name += ".safetensors"
+        folder = (host.models_dirs("animatediff_motion_lora")[0] if format == "animatediff_evolved"
+                  else host.output_dir() / "MotionKit" / "exports")
+        base = MotionModel.wrap(model).base if model is not None else None
+        path = export_adapter(adapter, folder / name, str(format), model=base)
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "MotionKitTrainMotionDirector": MotionKitTrainMotionDirector,
+    "MotionKitLoadMotionAdapter": MotionKitLoadMotionAdapter,
+    "MotionKitApplyMotionAdapter": MotionKitApplyMotionAdapter,
+    "MotionKitNoisePrior": MotionKitNoisePrior,
+    "MotionKitExportMotionAdapter": MotionKitExportMotionAdapter,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MotionKitTrainMotionDirector": "Train MotionDirector (MotionKit)",
+    "MotionKitLoadMotionAdapter": "Load Motion Adapter (MotionKit)",
+    "MotionKitApplyMotionAdapter": "Apply Motion Adapter (MotionKit)",
+    "MotionKitNoisePrior": "Noise Prior (MotionKit)",
+    "MotionKitExportMotionAdapter": "Export Motion Adapter (MotionKit)",
+}
