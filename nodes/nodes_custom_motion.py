@@ -7,35 +7,24 @@ A thin declaration over :func:`motion_core.methods.custom_motion.train_custom_mo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from motion_core.errors import InputError
 
 from . import host
-from .nodes_motiondirector import (
+from .training_common import (
     LATEST,
-    MAX_SEED,
-    MAX_SIZE,
     NONE,
     PRECISIONS,
-    PROGRESS_PREVIEW_EVERY,
-    _checkpoint_choices,
-    _training_root,
+    checkpoint_choices,
+    resolve_resume,
+    run_training,
+    training_root,
 )
+from .nodes_motiondirector import MAX_SEED, MAX_SIZE
 
 SAMPLINGS = ["high", "uniform", "low"]
 DELTA_DTYPES = ["float16", "bfloat16", "float32"]
 
 
-def _loss_preview(history: list[dict]):
-    """The live loss curve for the progress bar's preview (how ComfyUI shows training state)."""
-    import numpy as np
-    from PIL import Image
-
-    from motion_core.training import render_loss_curve
-
-    image = render_loss_curve(history, width=512, height=256)
-    return ("JPEG", Image.fromarray((image[0].numpy() * 255).astype(np.uint8)), 512)
 
 
 def _lines(text: str) -> list[str]:
@@ -126,7 +115,7 @@ class MotionKitTrainCustomMotion:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, prior choice). The same seed and "
                                "settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + _checkpoint_choices(), {
+                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
                     "default": NONE,
                     "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
                                "checkpoint of this save_name, or a specific checkpoint. Settings, videos and prior "
@@ -225,12 +214,10 @@ class MotionKitTrainCustomMotion:
               video_fps=0.0, prior_video_fps=0.0, training_fps=24.0, prior_weight=0.5, timestep_sampling="high",
               preview_every=500, preview_prompt="", preview_steps=25, weight_decay=1e-2, max_grad_norm=1.0,
               delta_dtype="float16", mixed_precision="auto", gradient_checkpointing=True):
-        import torch
-
         from motion_core.methods.custom_motion import CustomMotionConfig, train_custom_motion, videos_in_folder
         from motion_core.motion_model import MotionModel
         from motion_core.training import PreviewConfig, TrainingConfig, VideoSource
-        from motion_core.video import from_comfy_image, to_comfy_image
+        from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
         base = MotionModel.wrap(model).base
@@ -260,7 +247,7 @@ class MotionKitTrainCustomMotion:
             identifier=str(identifier).strip(), learning_rate=float(learning_rate), weight_decay=float(weight_decay),
             max_grad_norm=float(max_grad_norm) if float(max_grad_norm) > 0 else None, prior_weight=float(prior_weight),
             timestep_sampling=str(timestep_sampling), delta_dtype=str(delta_dtype))
-        run_dir = _training_root() / name
+        run_dir = training_root() / name
         config = TrainingConfig(
             steps=int(steps), seed=int(seed), frames=int(frames), fps=float(training_fps), width=int(width),
             height=int(height), checkpoint_every=int(checkpoint_every), validate_every=int(preview_every),
@@ -268,39 +255,15 @@ class MotionKitTrainCustomMotion:
             run_dir=str(run_dir), save_name=name, adapters_dir=str(host.motion_adapters_dir()),
             preview=PreviewConfig(prompts=[str(preview_prompt).strip()] if str(preview_prompt).strip() else [],
                                   steps=int(preview_steps), cfg=9.0, seed=int(seed)))
-        resume = None
-        if resume_from == LATEST:
-            resume = run_dir if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")) else None
-            if resume is None:
-                raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
-        elif resume_from not in (None, "", NONE):
-            resume = _training_root() / Path(str(resume_from))
-            if ".." in Path(str(resume_from)).parts or not resume.is_dir():
-                raise InputError(f"Checkpoint '{resume_from}' was not found in {_training_root()}.")
+        resume = resolve_resume(name, resume_from)
 
-        host.free_host_memory()
-        bar = host.Progress(int(steps), label="Train Customizing Motion")
-        history: list[dict] = []
-
-        def progress(step: int, total: int, info: dict) -> None:
-            bar.label = f"Train Customizing Motion (loss {info.get('loss', float('nan')):.4f})"
-            history.append({"step": step, "loss": info.get("loss", float("nan")), **info.get("losses", {})})
-            preview = None
-            if step == total or step % PROGRESS_PREVIEW_EVERY == 0:
-                preview = _loss_preview(history)
-            bar.update_absolute(step, total, preview)
-
-        with host.cancellation():  # a Cancel before the first step (while encoding) has nothing to keep
-            result = train_custom_motion(base, sources, text, prior_videos=priors,
+        def run(progress, cancel):
+            return train_custom_motion(base, sources, text, prior_videos=priors,
                                          prior_captions=prior_text or None, config=method_config, training=config,
                                          bucketing=False, resume=resume, progress=progress,
-                                         cancel=host.cancel_requested)
-        curve = result.loss_curve()
-        if result.preview is not None:
-            preview = to_comfy_image(result.preview[0])
-        else:
-            preview = torch.zeros(1, int(height), int(width), 3)
-        return (result.adapter, curve, preview)
+                                         cancel=cancel)
+
+        return run_training("Train Customizing Motion", int(steps), int(width), int(height), run)
 
 
 NODE_CLASS_MAPPINGS = {

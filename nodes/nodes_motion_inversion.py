@@ -7,30 +7,25 @@ strength, resampling) and Noise Prior take them like any other adapter, and they
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from motion_core.errors import InputError
 
 from . import host
-from .nodes_motiondirector import LATEST, NONE, _checkpoint_choices, _training_root
+from .training_common import (
+    LATEST,
+    NONE,
+    PRECISIONS,
+    checkpoint_choices,
+    resolve_resume,
+    run_training,
+    training_root,
+)
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 MAX_SIZE = 8192
-PRECISIONS = ["auto", "no", "fp16", "bf16"]
 LOSSES = ["mse", "debiased"]
 STRATEGIES = ["hybrid", "object", "camera", "vanilla"]
-PROGRESS_PREVIEW_EVERY = 10
 
 
-def _live_loss_picture(history: list[dict]):
-    """The loss curve so far as the progress bar's preview image (how ComfyUI shows live training state)."""
-    import numpy as np
-    from PIL import Image
-
-    from motion_core.training import render_loss_curve
-
-    image = render_loss_curve(history, width=512, height=256)
-    return ("JPEG", Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)), 512)
 
 
 class MotionKitTrainMotionEmbeddings:
@@ -99,7 +94,7 @@ class MotionKitTrainMotionEmbeddings:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the run (noise, timesteps, dropout). The same seed and settings give the "
                                "same embeddings."}),
-                "resume_from": ([NONE, LATEST] + _checkpoint_choices(), {
+                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
                     "default": NONE,
                     "tooltip": "Continue an interrupted run: 'latest' = the newest checkpoint of this save_name, "
                                "or a specific checkpoint. The settings and video must be those of that run."}),
@@ -173,12 +168,10 @@ class MotionKitTrainMotionEmbeddings:
               resume_from, strategy="hybrid", video_fps=0.0, training_fps=0.0, checkpoint_every=50,
               preview_every=100, preview_prompt="", preview_steps=30, noise_prior=0.5, noise_prior_steps=50,
               weight_decay=0.01, blocks="", mixed_precision="auto", gradient_checkpointing=True):
-        import torch
-
         from motion_core.methods.motion_inversion import MotionInversion, MotionInversionConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import TrainingConfig, VideoSource, train
-        from motion_core.video import from_comfy_image, to_comfy_image
+        from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
         base = MotionModel.wrap(model).base
@@ -190,7 +183,7 @@ class MotionKitTrainMotionEmbeddings:
             strategy=str(strategy), noise_prior=float(noise_prior), noise_prior_steps=int(noise_prior_steps),
             blocks=str(blocks) if str(blocks).strip() else None))
         source = VideoSource(frames=from_comfy_image(video), fps=float(video_fps) or None)
-        run_dir = _training_root() / name
+        run_dir = training_root() / name
         use_fps = float(training_fps) if (float(video_fps) and float(training_fps)) else None
         config = TrainingConfig(
             steps=int(steps), seed=int(seed), frames=int(frames), fps=use_fps, width=int(width), height=int(height),
@@ -201,36 +194,13 @@ class MotionKitTrainMotionEmbeddings:
         config.preview.steps = int(preview_steps)
         config.preview.seed = int(seed)
         config.preview.noise_prior = method.default_noise_prior(1)
-        resume = None
-        if resume_from == LATEST:
-            resume = run_dir if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")) else None
-            if resume is None:
-                raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
-        elif resume_from not in (None, "", NONE):
-            resume = _training_root() / Path(str(resume_from))
-            if ".." in Path(str(resume_from)).parts or not resume.is_dir():
-                raise InputError(f"Checkpoint '{resume_from}' was not found in {_training_root()}.")
+        resume = resolve_resume(name, resume_from)
 
-        host.free_host_memory()
-        bar = host.Progress(int(steps), label="Train Motion Embeddings")
-        history: list[dict] = []
+        def run(progress, cancel):
+            return train(base, method, [source], text, config, resume=resume, progress=progress,
+                           cancel=cancel)
 
-        def progress(step: int, total: int, info: dict) -> None:
-            bar.label = f"Train Motion Embeddings (loss {info.get('loss', float('nan')):.4f})"
-            history.append({"step": step, "loss": info.get("loss", float("nan")), **info.get("losses", {})})
-            preview = None
-            if step == total or step % PROGRESS_PREVIEW_EVERY == 0:
-                preview = _live_loss_picture(history)
-            bar.update_absolute(step, total, preview)
-
-        result = train(base, method, [source], text, config, resume=resume, progress=progress,
-                       cancel=host.cancel_requested)
-        curve = result.loss_curve()
-        if result.preview is not None:
-            preview = to_comfy_image(result.preview[0])
-        else:
-            preview = torch.zeros(1, int(height), int(width), 3)
-        return (result.adapter, curve, preview)
+        return run_training("Train Motion Embeddings", int(steps), int(width), int(height), run)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -7,32 +7,21 @@ Apply Motion Adapter (+ Noise Prior) and loaded back with Load Motion Adapter.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from motion_core.errors import InputError
 
 from . import host
-from .nodes_motiondirector import (
+from .training_common import (
     LATEST,
-    MAX_SEED,
-    MAX_SIZE,
     NONE,
     PRECISIONS,
-    PROGRESS_PREVIEW_EVERY,
-    _checkpoint_choices,
-    _training_root,
+    checkpoint_choices,
+    resolve_resume,
+    run_training,
+    training_root,
 )
+from .nodes_motiondirector import MAX_SEED, MAX_SIZE
 
 
-def _curve_preview(history: list[dict]):
-    """The loss curve so far as the progress bar's preview picture (ComfyUI's (format, PIL image, size))."""
-    import numpy as np
-    from PIL import Image
-
-    from motion_core.training import render_loss_curve
-
-    image = render_loss_curve(history, width=512, height=256)
-    return ("JPEG", Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)), 512)
 
 
 class MotionKitTrainMotionMatcher:
@@ -109,7 +98,7 @@ class MotionKitTrainMotionMatcher:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, LoRA init, dropout). The same seed and "
                                "settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + _checkpoint_choices(), {
+                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
                     "default": NONE,
                     "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
                                "checkpoint of this save_name, or a specific checkpoint. The settings and video must "
@@ -189,12 +178,10 @@ class MotionKitTrainMotionMatcher:
               spatial_loss_weight=2000.0, temporal_loss_weight=2000.0, feature_downscale=0, preview_every=50,
               preview_prompt="", preview_steps=30, noise_prior=0.3, noise_prior_steps=75, weight_decay=0.01,
               mixed_precision="auto", gradient_checkpointing=True):
-        import torch
-
         from motion_core.methods.motion_matcher import MotionMatcherConfig, train_motion_matcher
         from motion_core.motion_model import MotionModel
         from motion_core.training import PreviewConfig, TrainingConfig, VideoSource
-        from motion_core.video import from_comfy_image, to_comfy_image
+        from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
         text = str(prompt).strip()
@@ -209,7 +196,7 @@ class MotionKitTrainMotionMatcher:
             temporal_loss_weight=float(temporal_loss_weight),
             feature_downscale=int(feature_downscale) or None, noise_prior=float(noise_prior),
             noise_prior_steps=int(noise_prior_steps))
-        run_dir = _training_root() / name
+        run_dir = training_root() / name
         training = TrainingConfig(
             steps=int(steps), seed=int(seed), frames=int(frames), fps=float(training_fps) if fps else None,
             width=int(width), height=int(height), windows="first", checkpoint_every=int(checkpoint_every),
@@ -218,37 +205,13 @@ class MotionKitTrainMotionMatcher:
             adapters_dir=str(host.motion_adapters_dir()),
             preview=PreviewConfig(prompts=[str(preview_prompt)] if str(preview_prompt).strip() else [],
                                   steps=int(preview_steps), cfg=12.0, seed=int(seed), noise_prior=float(noise_prior)))
-        resume = None
-        if resume_from == LATEST:
-            resume = run_dir if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")) else None
-            if resume is None:
-                raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
-        elif resume_from not in (None, "", NONE):
-            resume = _training_root() / Path(str(resume_from))
-            if ".." in Path(str(resume_from)).parts or not resume.is_dir():
-                raise InputError(f"Checkpoint '{resume_from}' was not found in {_training_root()}.")
+        resume = resolve_resume(name, resume_from)
 
-        host.free_host_memory()
-        bar = host.Progress(int(steps), label="Train MotionMatcher")
-        history: list[dict] = []
+        def run(progress, cancel):
+            return train_motion_matcher(base, [source], text, config=config, training=training, resume=resume,
+                                          progress=progress, cancel=cancel)
 
-        def progress(step: int, total: int, info: dict) -> None:
-            bar.label = f"Train MotionMatcher (loss {info.get('loss', float('nan')):.3g})"
-            history.append({"step": step, "loss": info.get("loss", float("nan")), **info.get("losses", {})})
-            preview = None
-            if step == total or step % PROGRESS_PREVIEW_EVERY == 0:
-                preview = _curve_preview(history)
-            bar.update_absolute(step, total, preview)
-
-        with host.cancellation():  # a Cancel before the first step (while encoding) has nothing to keep
-            result = train_motion_matcher(base, [source], text, config=config, training=training, resume=resume,
-                                          progress=progress, cancel=host.cancel_requested)
-        curve = result.loss_curve()
-        if result.preview is not None:
-            preview = to_comfy_image(result.preview[0])
-        else:
-            preview = torch.zeros(1, int(height), int(width), 3)
-        return (result.adapter, curve, preview)
+        return run_training("Train MotionMatcher", int(steps), int(width), int(height), run)
 
 
 NODE_CLASS_MAPPINGS = {

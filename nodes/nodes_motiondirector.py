@@ -6,53 +6,34 @@ Thin declarations over :mod:`motion_core.methods.motion_director`, :mod:`motion_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from motion_core.errors import InputError
 
 from . import host
+from .training_common import (
+    LATEST,
+    NONE,
+    PRECISIONS,
+    checkpoint_choices,
+    resolve_resume,
+    run_training,
+    training_root,
+)
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 MAX_SIZE = 8192
-NONE = "none"
-LATEST = "latest"
 NO_ADAPTERS = "(no motion adapters found)"
-TRAINING_FOLDER = "motionkit_training"
-PRECISIONS = ["auto", "no", "fp16", "bf16"]
 EXPORT_FORMATS = ["animatediff_evolved", "diffusers", "peft"]
-PROGRESS_PREVIEW_EVERY = 10
 VIDEO_INPUTS = ("video_2", "video_3", "video_4")
 
 
-def _training_root() -> Path:
-    return host.output_dir() / TRAINING_FOLDER
 
 
-def _checkpoint_choices() -> list[str]:
-    """``<save name>/checkpoint-N`` folders of earlier runs in the output folder."""
-    root = _training_root()
-    found = []
-    if root.is_dir():
-        for run in sorted(p for p in root.iterdir() if p.is_dir()):
-            for ckpt in sorted(run.glob("checkpoint-*")):
-                if (ckpt / "trainer_state.json").is_file():
-                    found.append(f"{run.name}/{ckpt.name}")
-    return found
 
 
 def _adapter_choices() -> list[str]:
     return host.list_motion_adapters() or [NO_ADAPTERS]
 
 
-def _loss_preview(history):
-    """A small loss-curve picture for the progress bar's preview (how ComfyUI shows live training state)."""
-    import numpy as np
-    from PIL import Image
-
-    from motion_core.training import render_loss_curve
-
-    image = render_loss_curve(history, width=512, height=256)
-    return ("JPEG", Image.fromarray((image[0].numpy() * 255).astype(np.uint8)), 512)
 
 
 class MotionKitTrainMotionDirector:
@@ -125,7 +106,7 @@ class MotionKitTrainMotionDirector:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, frame choices, LoRA init). The same "
                                "seed and settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + _checkpoint_choices(), {
+                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
                     "default": NONE,
                     "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
                                "checkpoint of this save_name, or a specific checkpoint. The settings and video "
@@ -184,12 +165,10 @@ class MotionKitTrainMotionDirector:
               save_name, seed, resume_from, video_2=None, video_3=None, video_4=None, video_fps=0.0,
               training_fps=8.0, preview_every=50, preview_prompt="", preview_steps=30, noise_prior_steps=50,
               weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True):
-        import torch
-
         from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import TrainingConfig, VideoSource, train
-        from motion_core.video import from_comfy_image, to_comfy_image
+        from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
         base = MotionModel.wrap(model).base
@@ -203,7 +182,7 @@ class MotionKitTrainMotionDirector:
         method = MotionDirector(MotionDirectorConfig(
             rank=int(rank), learning_rate=float(learning_rate), noise_prior_steps=int(noise_prior_steps),
             weight_decay=None if float(weight_decay) < 0 else float(weight_decay)))
-        run_dir = _training_root() / name
+        run_dir = training_root() / name
         config = TrainingConfig(
             steps=int(steps), seed=int(seed), frames=int(frames), fps=float(training_fps) if fps else None,
             width=int(width), height=int(height), checkpoint_every=int(checkpoint_every),
@@ -214,37 +193,13 @@ class MotionKitTrainMotionDirector:
         config.preview.steps = int(preview_steps)
         config.preview.seed = int(seed)
         config.preview.noise_prior = method.default_noise_prior(len(sources))
-        resume = None
-        if resume_from == LATEST:
-            resume = run_dir if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")) else None
-            if resume is None:
-                raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
-        elif resume_from not in (None, "", NONE):
-            resume = _training_root() / Path(str(resume_from))
-            if ".." in Path(str(resume_from)).parts or not resume.is_dir():
-                raise InputError(f"Checkpoint '{resume_from}' was not found in {_training_root()}.")
+        resume = resolve_resume(name, resume_from)
 
-        host.free_host_memory()
-        bar = host.Progress(int(steps), label="Train MotionDirector")
+        def run(progress, cancel):
+            return train(base, method, sources, prompts, config, resume=resume, progress=progress,
+                           cancel=cancel)
 
-        def progress(step: int, total: int, info: dict) -> None:
-            bar.label = f"Train MotionDirector (loss {info.get('loss', float('nan')):.4f})"
-            preview = None
-            if step == total or step % PROGRESS_PREVIEW_EVERY == 0:
-                preview = _loss_preview(progress.history)
-            progress.history.append({"step": step, "loss": info.get("loss", float("nan")), **info.get("losses", {})})
-            bar.update_absolute(step, total, preview)
-
-        progress.history = []  # type: ignore[attr-defined]
-        with host.cancellation():  # a Cancel before the first step (while caching) has nothing to keep
-            result = train(base, method, sources, prompts, config, resume=resume, progress=progress,
-                           cancel=host.cancel_requested)
-        curve = result.loss_curve()
-        if result.preview is not None:
-            preview = to_comfy_image(result.preview[0])
-        else:
-            preview = torch.zeros(1, int(height), int(width), 3)
-        return (result.adapter, curve, preview)
+        return run_training("Train MotionDirector", int(steps), int(width), int(height), run)
 
 
 class MotionKitLoadMotionAdapter:
@@ -462,7 +417,8 @@ class MotionKitExportMotionAdapter:
         "Writes a LoRA motion adapter in another tool's format: animatediff_evolved (AnimateDiff-Evolved's motion "
         "LoRA keys, into models/animatediff_motion_lora, for AnimateDiff adapters), diffusers "
         "(unet.<layer>.lora_A/B, loadable by diffusers' load_lora_weights) or peft (with its LoraConfig), both into "
-        "output/MotionKit/exports."
+        "output/MotionKit/exports. comfyui_wan (Wan adapters): ComfyUI's native Wan LoRA keys (diffusion_model.<Wan "
+        "module>.lora_A/lora_B + alpha) into models/loras, for the core LoraLoaderModelOnly on a Wan MODEL."
     )
     CATEGORY = "MotionKit/adapters"
     FUNCTION = "export"
@@ -479,7 +435,8 @@ class MotionKitExportMotionAdapter:
                 "format": (EXPORT_FORMATS, {
                     "default": "animatediff_evolved",
                     "tooltip": "animatediff_evolved: for AnimateDiff-Evolved's Load AnimateDiff LoRA; diffusers: "
-                               "diffusers pipelines; peft: peft's inject_adapter_in_model."}),
+                               "diffusers pipelines; peft: peft's inject_adapter_in_model; "
+                               "comfyui_wan: a Wan LoRA for ComfyUI's own LoraLoaderModelOnly (into models/loras)."}),
                 "filename": ("STRING", {
                     "default": "motion_lora",
                     "tooltip": "File name (a plain name; .safetensors is added)."}),
@@ -507,8 +464,12 @@ class MotionKitExportMotionAdapter:
         name = host.safe_filename(filename)
         if not name.lower().endswith(".safetensors"):
             name += ".safetensors"
-        folder = (host.models_dirs("animatediff_motion_lora")[0] if format == "animatediff_evolved"
-                  else host.output_dir() / "MotionKit" / "exports")
+        if format == "animatediff_evolved":
+            folder = host.models_dirs("animatediff_motion_lora")[0]
+        elif format == "comfyui_wan":
+            folder = host.models_dirs("loras")[0]
+        else:
+            folder = host.output_dir() / "MotionKit" / "exports"
         base = MotionModel.wrap(model).base if model is not None else None
         path = export_adapter(adapter, folder / name, str(format), model=base)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}
