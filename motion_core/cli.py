@@ -50,7 +50,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="diffusers model folder or hub id (a hub id downloads only when the "
                    "network is there). Omit it for an offline smoke test on a tiny built-in model.")
-    g.add_argument("--family", default="auto", choices=["auto", "unet3d", "animatediff"],
+    g.add_argument("--family", default="auto", choices=["auto", "unet3d", "animatediff", "wan"],
                    help="model family; 'auto' reads it from the folder's config (default: auto). Also the "
                    "family of the built-in smoke-test model when --model is omitted (auto = unet3d).")
     g.add_argument("--motion-adapter", help="AnimateDiff MotionAdapter folder or hub id, when --model is a "
@@ -81,6 +81,17 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    "'_<n>' is added before the extension")
 
 
+def fit_smoke_frames(model: Any, args: argparse.Namespace) -> None:
+    """Smoke tests only: round a default frame count up to one the tiny model accepts (Wan: 4k+1)."""
+    frames = getattr(args, "frames", None)
+    limits = getattr(model, "frame_limits", None)
+    if not isinstance(frames, int) or limits is None or limits.step <= 1:
+        return
+    while (frames - limits.offset) % limits.step:
+        frames += 1
+    args.frames = frames
+
+
 def load_model_from_args(args: argparse.Namespace):
     """(VideoModel, smoke) from --model/--family/... ; builds the tiny model when --model is absent."""
     from .backbones import load_video_model
@@ -94,7 +105,9 @@ def load_model_from_args(args: argparse.Namespace):
         for key, value in SMOKE_DEFAULTS.items():
             if getattr(args, key, "absent") is None:
                 setattr(args, key, value)
-        return load_video_model(source, family=family, dtype=args.dtype, device=args.device), True
+        model = load_video_model(source, family=family, dtype=args.dtype, device=args.device)
+        fit_smoke_frames(model, args)
+        return model, True
     model = load_video_model(args.model, family=args.family, dtype=args.dtype, device=args.device,
                              motion_adapter=args.motion_adapter)
     return model, smoke

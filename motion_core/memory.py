@@ -132,7 +132,8 @@ def _components(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _measured_activation_bytes(model: Any, batch: int, num_frames: int, height: int, width: int,
-                               gradient_checkpointing: bool) -> tuple[int, dict[str, Any]]:
+                               gradient_checkpointing: bool,
+                               prompt_embeds: torch.Tensor | None = None) -> tuple[int, dict[str, Any]]:
     """Saved-tensor bytes of one forward on a small probe clip, scaled to the real latent size."""
     probe_frames = model.frame_limits.minimum
     step = model.frame_limits.step
@@ -145,7 +146,8 @@ def _measured_activation_bytes(model: Any, batch: int, num_frames: int, height: 
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     weight = next(denoiser.parameters())
     latents = torch.randn(probe_shape, device=weight.device, dtype=weight.dtype, requires_grad=True)
-    embeds = model.encode_prompt([""]) if getattr(model, "text_encoder", None) is not None else None
+    embeds = prompt_embeds[:1] if prompt_embeds is not None else (
+        model.encode_prompt([""]) if getattr(model, "text_encoder", None) is not None else None)
     if embeds is None:
         raise InputError("cannot measure activations without the text encoder; pass activation_bytes=...")
     saved: dict[int, int] = {}
@@ -186,6 +188,7 @@ def estimate_training_memory(
     activation_bytes: int | None = None,
     device: torch.device | str | None = None,
     log: bool = True,
+    prompt_embeds: torch.Tensor | None = None,
 ) -> MemoryEstimate:
     """Estimate the device memory of a training run on ``model`` (any family) -- see the module docstring.
 
@@ -193,6 +196,7 @@ def estimate_training_memory(
     text encoder stays on the device while training (default: not for families that can release it after
     caching the prompt embeddings, e.g. Wan; yes otherwise). ``activation_bytes`` overrides the activation
     estimate. With ``log`` the summary is logged at INFO level (and returned in ``describe()``).
+    ``prompt_embeds``: already encoded embeddings for the measured probe (else it encodes ``""``).
     """
     if optimizer not in _OPTIMIZER_STATE_BYTES:
         raise InputError(f"unknown optimizer {optimizer!r} for the memory estimate; use one of "
@@ -230,7 +234,7 @@ def estimate_training_memory(
         details["activations_source"] = f"{model.family} formula"
     else:
         activations, probe = _measured_activation_bytes(model, batch_size, num_frames, height, width,
-                                                        gradient_checkpointing)
+                                                        gradient_checkpointing, prompt_embeds)
         details["activations_source"] = "measured on a small clip, scaled"
         details.update(probe)
     subtotal = weights + trainable + gradients + states + activations

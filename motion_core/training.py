@@ -806,12 +806,14 @@ class Trainer:
                 self._seed_everything()
                 self.cached = self._cache(clips, checkpoint)
                 self.generator = torch.Generator("cpu").manual_seed(cfg.seed + 7919 * self.rank)
+                activations = self._probe_activations()
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(cfg.seed)  # adapter init: the same on every process
                     groups = method.setup(model, self.cached, torch.Generator("cpu").manual_seed(cfg.seed))
                 installed = True
                 self.groups = groups
                 self._check_groups(groups)
+                self._check_memory(groups, activations)
                 self.optimizer = torch.optim.AdamW(
                     [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "betas": g.betas, "eps": g.eps,
                       "name": g.name} for g in groups])
@@ -889,6 +891,35 @@ class Trainer:
                 if c.inverted is None:
                     c.inverted = invert_latents(model, c.latents, steps=steps, prompt_embeds=empty, cancel=self.cancel)
         return cached
+
+    def _probe_activations(self) -> int | None:
+        """Activation bytes of the run for families without their own formula: one measured probe forward
+        of the *bare* model (before the method installs anything that is tied to the training size, e.g.
+        Motion Inversion's embeddings), under a forked RNG so the run's trajectory is unchanged."""
+        if hasattr(self.model, "activation_bytes"):
+            return None
+        from .memory import _measured_activation_bytes
+
+        cfg = self.config
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            measured, _ = _measured_activation_bytes(
+                self.model, 1, cfg.frames, cfg.height, cfg.width, cfg.gradient_checkpointing,
+                self.cached[0].prompt_embeds if self.cached else None)
+        return measured
+
+    def _check_memory(self, groups: Sequence[ParamGroup], activations: int | None = None) -> None:
+        """Estimate the run's device memory and refuse it before the first step when it cannot fit
+        (:mod:`motion_core.memory`), so an impossible run fails in seconds with the numbers and what to
+        change instead of minutes later with an out-of-memory error."""
+        from .memory import check_training_memory, estimate_training_memory
+
+        cfg = self.config
+        estimate = estimate_training_memory(
+            self.model, trainable_params=[p for g in groups for p in g.params], num_frames=cfg.frames,
+            height=cfg.height, width=cfg.width, gradient_checkpointing=cfg.gradient_checkpointing,
+            lora_rank=int(getattr(self.method.config, "rank", 0) or 0), activation_bytes=activations)
+        check_training_memory(estimate)
 
     def _check_groups(self, groups: Sequence[ParamGroup]) -> None:
         names = [g.name for g in groups]

@@ -11,7 +11,7 @@ from . import host
 
 HUB_ENTRY = "(hub id below)"
 NO_ADAPTER = "none"
-FAMILIES = ["auto", "unet3d", "animatediff"]
+FAMILIES = ["auto", "unet3d", "animatediff", "wan"]
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 DEVICES = ["auto", "cuda", "cpu"]
 MAX_FRAMES = 4096
@@ -21,8 +21,9 @@ MAX_SIZE = 8192
 class MotionKitLoadVideoModel:
     DESCRIPTION = (
         "Loads a text-to-video diffusion model in diffusers layout and gives a MOTION_MODEL that MotionKit's "
-        "sampler and method nodes use. Families: unet3d (ZeroScope v2, ModelScope 1.7b, VideoCrafter2) and "
-        "animatediff (an SD1.5 model + an AnimateDiff MotionAdapter). Models are folders in "
+        "sampler and method nodes use. Families: unet3d (ZeroScope v2, ModelScope 1.7b, VideoCrafter2), "
+        "animatediff (an SD1.5 model + an AnimateDiff MotionAdapter) and wan (Wan 2.1 T2V 1.3B/14B, Wan 2.2 "
+        "TI2V-5B and A14B in diffusers layout). Models are folders in "
         "ComfyUI/models/diffusers; a Hugging Face hub id works too when the machine is online."
     )
     CATEGORY = "MotionKit/loaders"
@@ -50,7 +51,8 @@ class MotionKitLoadVideoModel:
                 "family": (FAMILIES, {
                     "default": "auto",
                     "tooltip": "Model family. 'auto' reads it from the model's config (UNet3D -> unet3d; "
-                               "UNetMotionModel or an SD1.5 UNet with a motion adapter -> animatediff)."}),
+                               "UNetMotionModel or an SD1.5 UNet with a motion adapter -> animatediff; "
+                               "WanTransformer3DModel -> wan: Wan 2.1 / 2.2 TI2V-5B / 2.2 A14B)."}),
                 "dtype": (DTYPES, {
                     "default": "auto",
                     "tooltip": "Weight precision. 'auto' = fp16 on a GPU, fp32 on the CPU. bf16 needs a "

@@ -70,7 +70,8 @@ class MotionKitExtractMotionRepresentation:
                 "timestep": ("INT", {
                     "default": 400, "min": 0, "max": 999, "step": 1,
                     "tooltip": "Noise level of the single extraction pass (t_alpha). 400 is the reference "
-                               "value: noisy enough to drop appearance, clean enough to keep the layout."}),
+                               "value: noisy enough to drop appearance, clean enough to keep the layout. Wan "
+                               "(flow matching, noise level t/1000): use 600, the same signal-to-noise ratio."}),
                 "k": ("INT", {
                     "default": 1, "min": 1, "max": 1024, "step": 1,
                     "tooltip": "Key frames kept per attention row (top-k). 1 = the paper's sparse mask; "
@@ -207,7 +208,8 @@ class MotionKitApplyMotionClone:
                     "default": "camera",
                     "tooltip": "Schedule: camera (100 steps, 50 guided, fraction 0.3) for camera moves, object "
                                "(300, 180, 0.4) for object motion, i2v_rgb / i2v_sketch for SparseCtrl; "
-                               "custom = the sampler's steps with the widgets below."}),
+                               "custom = the sampler's steps with the widgets below. On Wan: camera = 50 steps, "
+                               "20 guided over noise 0.6-1; object = 60 steps, 30 guided over 0.5-1."}),
                 "weight": ("FLOAT", {
                     "default": 2000.0, "min": 0.0, "max": 1.0e7, "step": 100.0,
                     "tooltip": "Guidance strength λ (reference: 2000). 0 = no guidance (plain sampling on the "
@@ -240,7 +242,12 @@ class MotionKitApplyMotionClone:
 
         from motion_core.methods.motion_clone import PRESETS as CONFIGS
         from motion_core.methods.motion_clone import MotionCloneConfig, apply_motion_clone
+        from motion_core.motion_model import MotionModel
 
+        if MotionModel.wrap(model).base.family == "wan":  # flow-model schedules (50-60 steps)
+            from motion_core.methods.motion_clone_wan import WAN_PRESETS as CONFIGS  # noqa: N811
+            if preset not in CONFIGS and preset != "custom":
+                raise InputError(f"Preset {preset!r} is not available on Wan; use {', '.join(CONFIGS)} or custom.")
         if preset == "custom":
             config = MotionCloneConfig(steps=None, guided_steps=int(guided_steps),
                                        guidance_fraction=float(guidance_fraction), warm_up=int(warm_up),

@@ -22,7 +22,7 @@ from .training_common import (
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 MAX_SIZE = 8192
 NO_ADAPTERS = "(no motion adapters found)"
-EXPORT_FORMATS = ["animatediff_evolved", "diffusers", "peft"]
+EXPORT_FORMATS = ["animatediff_evolved", "diffusers", "peft", "comfyui_wan"]
 VIDEO_INPUTS = ("video_2", "video_3", "video_4")
 
 
@@ -403,7 +403,7 @@ class MotionKitNoisePrior:
                 w, h = fit_size(w, h, multiple=m)
                 frames = resize_and_crop(frames, w, h)
             host.free_host_memory()
-            bar = host.Progress(int(inversion_steps), label="Noise prior (DDIM inversion)")
+            bar = host.Progress(int(inversion_steps), label="Noise prior (inversion)")
             with host.cancellation(), motion.activated():
                 prior = NoisePrior.from_frames(motion.base, frames, p, steps=int(inversion_steps), progress=bar,
                                                cancel=host.cancel_requested)

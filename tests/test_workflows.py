@@ -366,3 +366,44 @@ def test_stand_ins_check_their_inputs(dirs):
         STAND_INS["SaveAnimatedWEBP"]().save_images(bad, "x", 8.0, True, 80, "default")
     with pytest.raises(AssertionError, match=r"\[B,H,W,3\]"):
         STAND_INS["PreviewImage"]().save_images(torch.zeros(8, 8, 3))
+
+
+# ------------------------------------------------------------------------------------------ Wan MotionDirector
+def test_wan_motiondirector_workflow_runs_end_to_end(dirs, tmp_path):
+    """workflows/wan_motiondirector.json on a tiny Wan 2.1: only the model, the clip, sizes and step counts
+    change. Trains, applies the motion LoRA with the flow noise prior, samples, and exports the LoRA in
+    ComfyUI's native Wan format into models/loras."""
+    from safetensors.torch import load_file
+
+    from motion_core.tiny_wan import build_tiny_wan
+    from motion_core.video import write_moving_square_video
+
+    dirs.link_model("tiny_wan", build_tiny_wan(tmp_path / "tiny_wan", seed=0, variant="2.1"))
+    write_moving_square_video(dirs.input / "car-turn.mp4", num_frames=5, fps=16, width=32, height=32, square=8,
+                              velocity=(3, 0), start=(2, 12))
+    wf = load_workflow("wan_motiondirector.json")
+    (loader,) = nodes_of(wf, "MotionKitLoadVideoModel")
+    assert loader["widgets_values"][2] == "wan"
+    loader["widgets_values"][0] = "tiny_wan"
+    loader["widgets_values"][3] = "fp32"
+    nodes_of(wf, "MotionKitLoadReferenceVideo")[0]["widgets_values"][1:5] = [5, 16.0, 32, 32]
+    (trainer,) = nodes_of(wf, "MotionKitTrainMotionDirector")
+    w = trainer["widgets_values"]
+    assert (w[4] - 1) % 4 == 0  # Wan frame counts are 4k+1
+    w[1], w[3], w[4], w[5], w[6], w[7], w[14], w[16], w[17] = 3, 4, 5, 32, 32, 0, 0, 2, 2
+    nodes_of(wf, "MotionKitNoisePrior")[0]["widgets_values"][1] = 2
+    for sampler in nodes_of(wf, "MotionKitSampler"):
+        assert (sampler["widgets_values"][8] - 1) % 4 == 0
+        sampler["widgets_values"][4] = 2
+        sampler["widgets_values"][6:9] = [32, 32, 5]
+    result = Executor().run(ui_to_api(wf, ALL_CLASSES))
+    assert (dirs.motion_adapters / "wan_motiondirector_car_turn.safetensors").is_file()
+    a, b = (result.outputs[str(s["id"])][0] for s in nodes_of(wf, "MotionKitSampler"))
+    assert a.shape == b.shape == (5, 32, 32, 3) and not torch.equal(a, b)
+    saved = sorted(p.name for p in result.files())
+    assert any(n.startswith("wan_motiondirector_tiger") for n in saved)
+    (export,) = nodes_of(wf, "MotionKitExportMotionAdapter")
+    path = Path(result.outputs[str(export["id"])][0])
+    assert path.parent.name == "loras" and path.name == "wan_motiondirector_car_turn.safetensors"
+    keys = load_file(str(path))
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in keys and "diffusion_model.blocks.0.self_attn.q.alpha" in keys

@@ -68,7 +68,7 @@ __all__ = [
 FORMAT = "motionkit.motion_adapter"
 FORMAT_VERSION = 1
 ADAPTER_EXTENSIONS = (".safetensors", ".pt", ".pth")
-EXPORT_FORMATS = ("diffusers", "peft", "animatediff_evolved")
+EXPORT_FORMATS = ("diffusers", "peft", "animatediff_evolved", "comfyui_wan")
 
 #: ``kind`` metadata value -> ``loader(tensors, metadata, path) -> adapter`` (other adapter kinds register)
 ADAPTER_KINDS: dict[str, Callable[[dict[str, torch.Tensor], dict[str, str], Path], Any]] = {}
@@ -407,10 +407,26 @@ def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "dif
                  "steps": str(adapter.steps)}
     tensors: dict[str, torch.Tensor] = {}
     if fmt == "diffusers":
+        # diffusers names the denoiser of a DiT pipeline (Wan) "transformer", of a UNet pipeline "unet"
+        prefix = "transformer" if adapter.family == "wan" else "unet"
         for layer, (a, b) in _folded(lora_set).items():
-            tensors[f"unet.{layer}.lora_A.weight"] = a
-            tensors[f"unet.{layer}.lora_B.weight"] = b
+            tensors[f"{prefix}.{layer}.lora_A.weight"] = a
+            tensors[f"{prefix}.{layer}.lora_B.weight"] = b
         return write_safetensors(path, tensors, {**base_meta, "format": "diffusers_lora"})
+    if fmt == "comfyui_wan":
+        # ComfyUI's native LoraLoader keys for Wan: original Wan module names under "diffusion_model.",
+        # lora_A/lora_B + alpha (motion_core.adapters.wan_keys holds the key table)
+        if adapter.family != "wan":
+            raise InputError(f"the ComfyUI Wan LoRA format is for Wan adapters; this one is for {adapter.family}. "
+                             "Export it as 'diffusers' or 'peft'.")
+        from .wan_keys import export_comfy_wan_lora
+
+        peft_sd: dict[str, torch.Tensor] = {}
+        for layer, (a, b) in lora_set.weights.items():
+            peft_sd[f"{layer}.lora_A.weight"] = a.float()
+            peft_sd[f"{layer}.lora_B.weight"] = b.float()
+        tensors = export_comfy_wan_lora(peft_sd, rank=lora_set.rank, alpha=float(lora_set.alpha))
+        return write_safetensors(path, tensors, {**base_meta, "format": "comfyui_wan_lora"})
     if fmt == "peft":
         for layer, (a, b) in lora_set.weights.items():
             tensors[f"{layer}.lora_A.weight"] = a.float()

@@ -103,6 +103,8 @@ def temporal_lora_targets(model: "VideoModel") -> list[str]:
     """Every Linear of every temporal transformer: temporal attention ``attn1``/``attn2`` q/k/v/out and the
     temporal feed-forward (UNet3D: ``transformer_in`` + all ``temp_attentions``; AnimateDiff: every motion
     module). 170 layers on the ZeroScope/ModelScope config (17 transformers x 10)."""
+    if callable(getattr(model, "motion_lora_targets", None)):  # families that choose their own (Wan: a DiT)
+        return list(model.motion_lora_targets("temporal"))
     refs = [r for r in model.layers() if r.temporal and r.kind in ("temporal_attention", "feed_forward")]
     return linear_targets(refs)
 
@@ -110,6 +112,8 @@ def temporal_lora_targets(model: "VideoModel") -> list[str]:
 def spatial_lora_targets(model: "VideoModel") -> list[str]:
     """Every Linear of the spatial self-attention (``attn1`` q/k/v/out) and the spatial feed-forward of
     every spatial transformer -- not the text cross-attention ``attn2``. 96 layers on ZeroScope (16 x 6)."""
+    if callable(getattr(model, "motion_lora_targets", None)):
+        return list(model.motion_lora_targets("spatial"))
     refs = [r for r in model.layers() if not r.temporal and r.kind in ("spatial_self_attention", "feed_forward")]
     return linear_targets(refs)
 

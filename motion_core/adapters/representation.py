@@ -68,6 +68,9 @@ class MotionRepresentation:
     def __post_init__(self) -> None:
         if not self.layers:
             raise InputError("A motion representation needs at least one layer.")
+        if self.is_attention_flow:
+            self._check_flow_layers()
+            return
         for name, (values, indices) in self.layers.items():
             if values.shape != indices.shape or values.dim() != 4:
                 raise InputError(f"Layer {name}: values {tuple(values.shape)} and indices {tuple(indices.shape)} "
@@ -75,6 +78,33 @@ class MotionRepresentation:
             if values.shape[2] != self.num_frames or values.shape[3] != self.k:
                 raise InputError(f"Layer {name} holds {values.shape[2]} frames x top-{values.shape[3]}, but the "
                                  f"representation says {self.num_frames} frames x top-{self.k}.")
+
+    # ----------------------------------------------------------------------------- DiT attention flow
+    @property
+    def is_attention_flow(self) -> bool:
+        """True for a DiT (Wan) representation: per guided layer ``values`` = attention mass per key frame
+        ``[N, F]`` (float16, heads averaged) and ``indices`` = best-matching key position per key frame
+        ``[N, F]`` (flat ``y * w + x``, int16), ``N = F * h * w`` tokens of the grid ``extra["grid"]``
+        (see :mod:`motion_core.methods.motion_clone_wan`)."""
+        return self.extra.get("kind") == "attention_flow"
+
+    def _index_dtype(self) -> torch.dtype:
+        if self.is_attention_flow:
+            _, h, w = (int(x) for x in self.extra["grid"])
+            return torch.int16 if h * w <= 32767 else torch.int32
+        return index_dtype_for(self.num_frames)
+
+    def _check_flow_layers(self) -> None:
+        grid = self.extra.get("grid")
+        if not isinstance(grid, (list, tuple)) or len(grid) != 3:
+            raise InputError("An attention-flow motion representation needs its token grid [frames, height, "
+                             "width] in extra['grid'].")
+        f, h, w = (int(x) for x in grid)
+        for name, (values, indices) in self.layers.items():
+            if values.shape != indices.shape or tuple(values.shape) != (f * h * w, f):
+                raise InputError(f"Layer {name}: mass {tuple(values.shape)} and positions {tuple(indices.shape)} "
+                                 f"must both be [tokens, key frames] = [{f * h * w}, {f}] for the {f}x{h}x{w} "
+                                 "token grid.")
 
     # ----------------------------------------------------------------------------- facts
     @property
@@ -89,6 +119,8 @@ class MotionRepresentation:
     @property
     def dense_nbytes(self) -> int:
         """Bytes the dense fp16 maps of the same layers would take (``[P, heads, F, F]`` each)."""
+        if self.is_attention_flow:  # the N x N map of every guided layer (one head)
+            return sum(v.shape[0] * v.shape[0] * 2 for v, _ in self.layers.values())
         return sum(v.shape[0] * v.shape[1] * v.shape[2] * self.num_frames * 2 for v, _ in self.layers.values())
 
     def describe(self) -> dict[str, Any]:
@@ -124,6 +156,12 @@ class MotionRepresentation:
         if base and self.base_model and base != self.base_model:
             log.warning("motion representation extracted on %s, guiding %s: fine for fine-tunes of the same "
                         "base, but the maps may not match", self.base_model, base)
+        if self.is_attention_flow:
+            variant, model_variant = self.extra.get("variant"), getattr(model, "variant", None)
+            if variant and model_variant and variant != model_variant:
+                raise AdapterMismatchError(
+                    f"This motion representation was extracted with a {variant} model, but the model to guide "
+                    f"is {model_variant} (other widths, heads or layer count). Extract it again with this model.")
         available = {ref.name: ref.module for ref in model.temporal_attention_layers()}
         for name, (values, _) in self.layers.items():
             module = available.get(name)
@@ -131,7 +169,7 @@ class MotionRepresentation:
                 raise AdapterMismatchError(
                     f"This motion representation guides layer {name}, which this {family} model does not "
                     "have (another architecture). Extract it again with this model.")
-            if int(getattr(module, "heads", values.shape[1])) != values.shape[1]:
+            if not self.is_attention_flow and int(getattr(module, "heads", values.shape[1])) != values.shape[1]:
                 raise AdapterMismatchError(
                     f"Layer {name} has {module.heads} heads in this model but {values.shape[1]} in the "
                     "representation (another architecture). Extract it again with this model.")
@@ -157,7 +195,7 @@ class MotionRepresentation:
         tensors: dict[str, torch.Tensor] = {}
         for name, (values, indices) in self.layers.items():
             tensors[f"{name}.values"] = values.detach().to("cpu", torch.float16).contiguous()
-            tensors[f"{name}.indices"] = indices.detach().to("cpu", index_dtype_for(self.num_frames)).contiguous()
+            tensors[f"{name}.indices"] = indices.detach().to("cpu", self._index_dtype()).contiguous()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:

@@ -415,11 +415,20 @@ def register_chain_processor(module_class: type, processor_class: type[StageChai
     _CHAIN_PROCESSORS.insert(0, (module_class, processor_class))
 
 
+_DEFAULTS_ADDED: list[bool] = []
+
+
 def _processor_class_for(module: nn.Module) -> type[StageChainProcessor] | None:
-    if not _CHAIN_PROCESSORS:
+    if not _DEFAULTS_ADDED:  # built-in classes go last, so families registered earlier or later win
         from diffusers.models.attention_processor import Attention
 
+        from .wan_processor import WanStageChainProcessor, wan_attention_class
+
+        wan_attention = wan_attention_class()
+        if wan_attention is not None:
+            _CHAIN_PROCESSORS.append((wan_attention, WanStageChainProcessor))
         _CHAIN_PROCESSORS.append((Attention, StageChainProcessor))
+        _DEFAULTS_ADDED.append(True)
     for cls, proc in _CHAIN_PROCESSORS:
         if isinstance(module, cls):
             return proc

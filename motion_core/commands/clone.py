@@ -63,7 +63,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="custom: top share of the noise range that is guided (default 0.3)")
     g.add_argument("--warm-up", type=int, default=10, help="custom: warm-up steps (default 10)")
     g.add_argument("--cool-down", type=int, default=10, help="custom: cool-down steps (default 10)")
-    g.add_argument("--timestep", type=int, default=400, help="extraction timestep t_alpha (default 400)")
+    g.add_argument("--timestep", type=int, default=None,
+                   help="extraction timestep t_alpha (default 400; Wan: 600, i.e. noise level sigma = 0.6)")
     g.add_argument("--k", type=int, default=1, help="key frames kept per attention row (default 1)")
     g.add_argument("--sparsectrl", help="SparseCtrl folder or hub id (image/sketch-to-video, AnimateDiff)")
     g.add_argument("--condition-image", action="append", help="condition image file for SparseCtrl; repeat "
@@ -73,10 +74,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--condition-strength", type=float, default=1.0, help="SparseCtrl conditioning scale")
 
 
-def _config(args: argparse.Namespace, smoke: bool):
+def _config(args: argparse.Namespace, smoke: bool, family: str = ""):
     from dataclasses import replace
 
     from ..methods.motion_clone import PRESETS, MotionCloneConfig
+
+    if family == "wan":  # flow-model schedules (motion_clone_wan.WAN_PRESETS)
+        from ..methods.motion_clone_wan import WAN_PRESETS as PRESETS  # noqa: N811
 
     preset = args.preset or ("custom" if smoke else "camera")
     if preset == "custom":
@@ -87,6 +91,9 @@ def _config(args: argparse.Namespace, smoke: bool):
                                          warm_up=ramp if ramp is not None else args.warm_up,
                                          cool_down=ramp if ramp is not None else args.cool_down,
                                          weight=args.weight)
+    if preset not in PRESETS:
+        raise InputError(f"Preset {preset!r} is not available for {family or 'this'} models; choose one of "
+                         f"{', '.join(PRESETS)} or custom.")
     return preset, replace(PRESETS[preset], weight=args.weight)
 
 
@@ -129,13 +136,14 @@ def run_clone(args: argparse.Namespace) -> int:
         print(SMOKE_BANNER.format(family=family), file=sys.stderr)
         for key in ("width", "height", "frames", "steps"):
             if getattr(args, key) is None:
-                setattr(args, key, SMOKE[key])
+                # Wan: 4k+1 frames
+                setattr(args, key, 9 if (key == "frames" and family == "wan") else SMOKE[key])
         model = load_video_model(ensure_tiny_model(family, **options), family=family, dtype=args.dtype,
                                  device=args.device)
     else:
         model, _ = load_model_from_args(args)
 
-    preset, config = _config(args, smoke)
+    preset, config = _config(args, smoke, model.family)
     condition = None
     if args.sparsectrl:
         if not args.condition_image:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..cli import DEFAULT_PROMPT, add_model_arguments, command, load_model_from_args, print_progress
+from ..cli import DEFAULT_PROMPT, add_model_arguments, command, fit_smoke_frames, load_model_from_args, print_progress
 from ..errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
@@ -207,6 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
                 setattr(args, key, value)
         if args.preview_steps == 30:
             args.preview_steps = SMOKE_TRAIN["preview_steps"]
+        fit_smoke_frames(model, args)  # e.g. 8 -> 9 for the tiny Wan (4k+1 frames)
         if _accepts(args.method, "noise_prior_steps"):
             options.setdefault("noise_prior_steps", SMOKE_TRAIN["noise_prior_steps"])
     if not videos:
@@ -284,14 +285,17 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="motion adapter file (or name in the motion adapters folder), "
                    "or a MotionDirector reference .pt")
     p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS) + ["motionkit"],
-                   help="diffusers (unet.<layer>.lora_A/B), peft (get_peft_model_state_dict layout + LoraConfig), "
-                   "animatediff_evolved (AnimateDiff-Evolved motion LoRA, animatediff adapters), motionkit "
-                   "(convert a reference .pt to MotionKit's format)")
+                   help="diffusers (unet.<layer>.lora_A/B; transformer.<layer>... for Wan), peft "
+                   "(get_peft_model_state_dict layout + LoraConfig), animatediff_evolved (AnimateDiff-Evolved "
+                   "motion LoRA, animatediff adapters), comfyui_wan (ComfyUI's native Wan LoRA keys "
+                   "diffusion_model.<Wan module>.lora_A/lora_B + alpha, Wan adapters: put the file in "
+                   "ComfyUI/models/loras), motionkit (convert a reference .pt to MotionKit's format)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--set", dest="set_name", help="LoRA set to export (default: the motion/temporal set)")
     p.add_argument("--model", help="model folder, needed only for reference .pt files (their layer names come from "
                    "the model)")
-    p.add_argument("--family", default="auto", choices=["auto", "unet3d", "animatediff"], help="model family")
+    p.add_argument("--family", default="auto", choices=["auto", "unet3d", "animatediff", "wan"],
+                   help="model family")
     p.add_argument("--base-model", help="base model name to record when converting a reference .pt")
 
 

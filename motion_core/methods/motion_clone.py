@@ -223,6 +223,10 @@ def add_noise(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, timestep: i
 
 def guided_layers(model: VideoModel, blocks: Sequence[str] | None = None) -> list[LayerRef]:
     """The temporal self-attention layers MotionClone guides (default: :data:`GUIDED_BLOCKS`)."""
+    if model.family == "wan":  # DiT: mid-depth attn1 layers (motion_clone_wan)
+        from .motion_clone_wan import wan_guided_layers
+
+        return wan_guided_layers(model, blocks)
     if blocks is None:
         blocks = GUIDED_BLOCKS.get(model.family)
         if blocks is None:
@@ -299,7 +303,7 @@ def extract_motion_representation(
     width: int | None = None,
     height: int | None = None,
     seed: int = 0,
-    timestep: int = EXTRACTION_TIMESTEP,
+    timestep: int | None = None,
     k: int = 1,
     blocks: Sequence[str] | None = None,
     sparsectrl: "SparseCtrlCondition | None" = None,
@@ -310,10 +314,20 @@ def extract_motion_representation(
     ``num_frames``/``width``/``height``/``seed`` must be those of the generations it will guide (the
     representation is checked against them, and ``z_T`` of a generation with that seed equals the noise
     used here). Adapters a :class:`MotionModel` carries are active during the forward, as they will be
-    during guidance.
+    during guidance. ``timestep`` defaults to the family's (400; Wan: 600 = σ 0.6). A Wan model gets the
+    attention-flow representation (:mod:`motion_core.methods.motion_clone_wan`).
     """
     motion = MotionModel.wrap(model)
     base = motion.base
+    if base.family == "wan":
+        from .motion_clone_wan import extract_wan_representation
+
+        if int(k) != 1 or sparsectrl is not None:
+            raise InputError("On Wan, MotionClone keeps one best match per key frame (k = 1) and has no SparseCtrl "
+                             "(an AnimateDiff ControlNet); use k = 1 without a SparseCtrl condition.")
+        return extract_wan_representation(model, video, num_frames=num_frames, width=width, height=height,
+                                          seed=seed, timestep=timestep, blocks=blocks, source=source)
+    timestep = EXTRACTION_TIMESTEP if timestep is None else int(timestep)
     num_frames, width, height = _resolve_size(base, num_frames, width, height)
     base.latent_shape(1, num_frames, height, width)  # validates size and frame count
     if int(k) < 1 or int(k) > num_frames:
@@ -344,12 +358,18 @@ def extract_motion_representation(
 
 @torch.no_grad()
 def representation_from_latents(model: VideoModel | MotionModel, latents: torch.Tensor, *, seed: int,
-                                timestep: int = EXTRACTION_TIMESTEP, k: int = 1,
+                                timestep: int | None = None, k: int = 1,
                                 blocks: Sequence[str] | None = None, source: str = "latents") -> MotionRepresentation:
     """The same representation from clean latents ``[1, C, F, h, w]`` (e.g. a generation's own result, to
     measure how closely its motion follows a reference's)."""
     motion = MotionModel.wrap(model)
     base = motion.base
+    if base.family == "wan":
+        from .motion_clone_wan import wan_representation_from_latents
+
+        return wan_representation_from_latents(model, latents, seed=seed, timestep=timestep, blocks=blocks,
+                                               source=source)
+    timestep = EXTRACTION_TIMESTEP if timestep is None else int(timestep)
     _, _, f, h, w = latents.shape
     size = base.vae_scale_factor
     with motion.activated():
@@ -486,13 +506,22 @@ class MotionCloneGuidance(SamplingHook):
 def apply_motion_clone(model: VideoModel | MotionModel, representation: MotionRepresentation,
                        config: MotionCloneConfig | str = "camera",
                        sparsectrl: "SparseCtrlCondition | None" = None) -> MotionModel:
-    """A MOTION_MODEL that samples with MotionClone guidance (and SparseCtrl conditioning when given)."""
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise InputError(f"Unknown MotionClone preset {config!r}; choose one of {', '.join(PRESETS)}.")
-        config = PRESETS[config]
+    """A MOTION_MODEL that samples with MotionClone guidance (and SparseCtrl conditioning when given).
+
+    On Wan, preset names refer to :data:`~motion_core.methods.motion_clone_wan.WAN_PRESETS` and the hook is
+    :class:`~motion_core.methods.motion_clone_wan.WanMotionCloneGuidance`."""
     motion = MotionModel.wrap(model)
     base = motion.base
+    presets = PRESETS
+    if base.family == "wan":
+        from .motion_clone_wan import WAN_PRESETS
+
+        presets = WAN_PRESETS
+    if isinstance(config, str):
+        if config not in presets:
+            raise InputError(f"Unknown MotionClone preset {config!r} for {base.family}; choose one of "
+                             f"{', '.join(presets)}.")
+        config = presets[config]
     config.check(config.steps, int(base.scheduler.config.num_train_timesteps))
     if representation.family != base.family:
         raise AdapterMismatchError(f"This motion representation was extracted with a {representation.family} "
@@ -500,7 +529,12 @@ def apply_motion_clone(model: VideoModel | MotionModel, representation: MotionRe
     if sparsectrl is not None:
         check_sparsectrl_fits(sparsectrl.controlnet, base)
         motion = motion.with_hook(SparseCtrlHook(sparsectrl), note=f"SparseCtrl {sparsectrl.describe()}")
-    hook = MotionCloneGuidance(representation, config)
+    if base.family == "wan":
+        from .motion_clone_wan import WanMotionCloneGuidance
+
+        hook: MotionCloneGuidance = WanMotionCloneGuidance(representation, config)
+    else:
+        hook = MotionCloneGuidance(representation, config)
     return motion.with_hook(hook, note=hook.describe())
 
 

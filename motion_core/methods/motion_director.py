@@ -13,6 +13,11 @@ Dual-path LoRAs decouple appearance from motion
   video's spatial LoRA switched on but *not updated* by this path, so appearance is already explained and
   the temporal LoRA is pushed toward motion. In 20% of the steps the spatial path is skipped and every
   spatial LoRA is switched off for the temporal pass (a reference-code detail, not in the paper).
+* **On a DiT (Wan)** frames mix only inside each block's joint self-attention, so both paths adapt the same
+  layers (self-attention ``attn1`` q/k/v/out and feed-forward of every block, chosen by the backbone:
+  ``WanVideoModel.motion_lora_targets``) as two named LoRAs; the spatial path sees single latent frames
+  (``single_frame_mode``), the temporal path whole clips, and the loss is on the flow (velocity) target.
+  The two-expert Wan 2.2 A14B is refused for training for now.
 * **Appearance-debiased temporal loss** -- ``L_T = L_org + L_ad`` with
   ``L_ad = mean((debias(ε̂) − debias(ε))²)``, ``debias(x)_f = √(β²+1)·x_f − β·x_anchor`` and a random
   anchor frame (β = 1).
@@ -288,7 +293,9 @@ class MotionDirector(TrainingMethod):
             shape = list(inverted[0].shape)
             info = {"p": self.default_noise_prior(self.num_videos), "steps": cfg.noise_prior_steps,
                     "clips": [{"video": c.video_index, "index": c.index} for c in clips], "latent_shape": shape,
-                    "prompt": "", "scheduler": "ddim"}
+                    "prompt": "",
+                    # Wan (flow matching) inverts along the flow ODE (noise_prior.register_inversion)
+                    "scheduler": "flow" if model.prediction_type == "flow" else "ddim"}
         return MotionLoRA(
             sets=sets, method=self.name, family=model.family, base_model=model.base_model, steps=steps,
             training_config=training_config, strength=1.0, appearance_strength=0.0,

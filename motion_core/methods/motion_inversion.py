@@ -36,6 +36,13 @@ in the same number of blocks as in the paper. Other selections: ``blocks=[...]``
 (``"down_blocks.1"``), temporal transformer names, or the reference's ``"down:640"`` form (direction and
 channel count; the April-2024 config was ``down:1280, down:640, up:1280, up:640``).
 
+**On a DiT (Wan).** There is no temporal module: every block's self-attention (``attn1``) is one joint
+attention over all frames' tokens ``(B, F·h·w, C)`` (frame-major), so that is where the embeddings go.
+``m_QK`` keeps one row per *latent* frame, broadcast over the frame's ``h·w`` token positions; ``m_V`` one
+row per (token position, latent frame) -- the same two tensors, in the DiT's token order (injected through
+the Wan attention processor's stages). Every block works at one resolution (the patch grid), so the default
+blocks are chosen by :func:`dit_default_blocks`; the frame rows and length checks count latent frames.
+
 **Training.** Plain ε-MSE (``loss="mse"``, the reference's ``BaseLoss``, default) or the
 appearance-debiased temporal loss shared with MotionDirector (``loss="debiased"``, the reference's
 ``DebiasedTemporalLoss`` = MSE + debiased MSE, from :mod:`motion_core.losses`). AdamW, lr 0.02, weight
@@ -215,6 +222,8 @@ def _block_index(block: str) -> tuple[str, int] | None:
 def default_blocks(model: "VideoModel") -> list[str]:
     """The UNet blocks at the coarsest cross-attention resolution: the last down block and the first up
     block that hold text cross-attention (ZeroScope and SD1.5 AnimateDiff: ``down_blocks.2``, ``up_blocks.1``)."""
+    if _is_dit(model):
+        return dit_default_blocks(model)
     cross = {r.block for r in model.cross_attention_layers()}
     temporal = {b.block for b in _temporal_blocks(model)}
     downs = sorted(i for kind, i in filter(None, map(_block_index, cross & temporal)) if kind == "down")
@@ -224,6 +233,47 @@ def default_blocks(model: "VideoModel") -> list[str]:
             f"This {model.family} model has no down and up blocks with both cross-attention and temporal attention, "
             "so the default Motion Inversion blocks cannot be chosen; name the blocks to embed explicitly.")
     return [f"down_blocks.{downs[-1]}", f"up_blocks.{ups[0]}"]
+
+
+def _is_dit(model: "VideoModel") -> bool:
+    """A DiT family (Wan): one joint self-attention over every frame's tokens, all blocks at one resolution."""
+    return callable(getattr(model, "token_grid", None))
+
+
+#: at most this many DiT blocks get embeddings by default (each Value embedding is positions x frames x width)
+DIT_DEFAULT_BLOCKS = 4
+
+
+def dit_default_blocks(model: "VideoModel") -> list[str]:
+    """Default Motion Inversion blocks of a DiT (Wan). Every block works at the same token resolution, so the
+    UNet rule (the coarsest level) has no analogue; we take up to :data:`DIT_DEFAULT_BLOCKS` blocks evenly
+    spaced over the middle half of the stack (Wan 2.1 1.3B, 30 blocks: 8, 12, 17, 22; 14B, 40 blocks: 10, 16,
+    23, 29), where a DiT's
+    attention is least tied to the input patches or the output pixels, and which bounds the Value embeddings'
+    memory (positions x frames x width each). Name other blocks with ``blocks=[...]``."""
+    names = [b.block for b in _temporal_blocks(model)]
+    n = len(names)
+    if n <= DIT_DEFAULT_BLOCKS:
+        return names
+    lo, hi = n / 4, 3 * n / 4 - 1
+    picks = sorted({round(lo + k * (hi - lo) / (DIT_DEFAULT_BLOCKS - 1)) for k in range(DIT_DEFAULT_BLOCKS)})
+    return [names[i] for i in picks]
+
+
+def embedding_grid(model: "VideoModel", block: str, latent_height: int, latent_width: int) -> tuple[int, int]:
+    """``(h, w)`` of the token grid the embeddings of ``block`` see: the DiT's patch grid (every block the
+    same), or the UNet block's resolution (:func:`block_grid`)."""
+    if _is_dit(model):
+        _, h, w = model.token_grid(1, int(latent_height), int(latent_width))
+        return int(h), int(w)
+    return block_grid(model.denoiser, block, latent_height, latent_width)
+
+
+def _stage_layout(model: "VideoModel") -> dict[str, Any]:
+    """Keyword arguments of :class:`MotionEmbeddingStage` for the family's token layout."""
+    if _is_dit(model):
+        return {"layout": "dit", "patch": tuple(int(p) for p in model.patch_size)}
+    return {}
 
 
 def select_blocks(model: "VideoModel", blocks: Sequence[str] | None = None) -> list[EmbeddedBlock]:
@@ -347,7 +397,13 @@ class MotionEmbeddingStage(AttentionStage):
     def __init__(self, blocks: Sequence[EmbeddedBlock], qk: Mapping[str, torch.Tensor],
                  v: Mapping[str, torch.Tensor], grids: Mapping[str, tuple[int, int]], *, trained_frames: int,
                  strategy: str = "vanilla", strength: float = 1.0, resample: bool = False,
-                 cache: bool = False) -> None:
+                 cache: bool = False, layout: str = "unet", patch: tuple[int, ...] = (1, 1, 1)) -> None:
+        if layout not in ("unet", "dit"):
+            raise InputError(f"unknown token layout {layout!r}; use 'unet' or 'dit'.")
+        #: "unet": temporal attention over (B·h·w, F, C) sequences; "dit": joint self-attention over
+        #: (B, F·h·w, C), frame-major (Wan), with the patch size ``patch`` (t, h, w) of the patch embedding
+        self.layout = layout
+        self.patch = tuple(int(p) for p in patch)
         self.blocks = list(blocks)
         self.qk = dict(qk)
         self.v = dict(v)
@@ -369,6 +425,10 @@ class MotionEmbeddingStage(AttentionStage):
         modules = dict(denoiser.named_modules())
         seen: set[str] = set()
         try:
+            if self.layout == "dit":
+                # the token grid is the same in every block: read it once from the denoiser's latent input
+                self._handles.append(denoiser.register_forward_pre_hook(self._dit_grid_hook, with_kwargs=True))
+                seen.update(b.transformer for b in self.blocks)
             for b in self.blocks:
                 if b.transformer in seen:
                     continue
@@ -396,6 +456,24 @@ class MotionEmbeddingStage(AttentionStage):
             if torch.is_tensor(hidden) and hidden.dim() == 4:
                 self.current_grid[transformer] = (int(hidden.shape[-2]), int(hidden.shape[-1]))
         return hook
+
+    def _dit_grid_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if torch.is_tensor(hidden) and hidden.dim() == 5:  # [B, C, F, H, W] latents
+            grid = (int(hidden.shape[-2]) // self.patch[1], int(hidden.shape[-1]) // self.patch[2])
+            for b in self.blocks:
+                self.current_grid[b.transformer] = grid
+
+    def _dit_split(self, call: AttentionCall, hidden_states: torch.Tensor) -> tuple[int, int, tuple[int, int]]:
+        """(frames, positions, grid) of a DiT self-attention input ``[B, F·h·w, C]``."""
+        grid = self.current_grid.get(self._transformer_of[call.layer], self.grids[call.layer])
+        positions = grid[0] * grid[1]
+        n = hidden_states.shape[1]
+        if n % positions:
+            raise AdapterMismatchError(
+                f"{call.layer}: {n} tokens do not tile a {grid[1]}x{grid[0]} grid per frame; the embeddings do not "
+                "fit this model's layout.")
+        return n // positions, positions, grid
 
     # -------------------------------------------------------------------------- stage points
     def active(self, call: AttentionCall) -> bool:
@@ -444,12 +522,30 @@ class MotionEmbeddingStage(AttentionStage):
         return out
 
     def modify_qk_input(self, call: AttentionCall, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.layout == "dit":
+            # one row per latent frame, broadcast over that frame's positions (frame-major tokens)
+            b, n, c = hidden_states.shape
+            frames, positions, _ = self._dit_split(call, hidden_states)
+            e = self._qk_rows(call, frames, hidden_states.dtype)
+            self._check_width(call, hidden_states, e)
+            out = hidden_states.reshape(b, frames, positions, c) + e.to(hidden_states.device)[:, :, None, :]
+            return out.reshape(b, n, c)
         e = self._qk_rows(call, hidden_states.shape[1], hidden_states.dtype)
         self._check_width(call, hidden_states, e)
         # (1, F, C) broadcasts over every (batch, position) sequence
         return hidden_states + e.to(hidden_states.device)
 
     def modify_v_input(self, call: AttentionCall, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.layout == "dit":
+            # one row per (position, latent frame): (h·w, F, C) -> the (F, h·w) token order
+            b, n, c = hidden_states.shape
+            frames, positions, grid = self._dit_split(call, hidden_states)
+            e = self._v_rows(call, frames, grid, hidden_states.dtype)
+            if e is None:
+                return hidden_states
+            self._check_width(call, hidden_states, e)
+            out = hidden_states.reshape(b, frames, positions, c) + e.to(hidden_states.device).transpose(0, 1)[None]
+            return out.reshape(b, n, c)
         n, frames, channels = hidden_states.shape
         grid = self.current_grid.get(self._transformer_of[call.layer], self.grids[call.layer])
         positions = grid[0] * grid[1]
@@ -484,7 +580,7 @@ def create_motion_embeddings(
     v: dict[str, torch.Tensor] = {}
     grids: dict[str, tuple[int, int]] = {}
     for b in chosen:
-        grid = block_grid(model.denoiser, b.block, latent_height, latent_width)
+        grid = embedding_grid(model, b.block, latent_height, latent_width)
         qk[b.name] = torch.zeros(1, rows, b.channels, device=device, dtype=dtype)
         for a in b.attentions:
             grids[a] = grid
@@ -655,13 +751,26 @@ class MotionEmbeddings:
         f = model.vae_scale_factor
         for attn, grid in self.grids.items():
             block = ".".join(attn.split(".")[:2]) if attn.startswith(("down_blocks", "up_blocks")) else "mid_block"
-            now = block_grid(model.denoiser, block, int(height) // f, int(width) // f)
+            if _is_dit(model):
+                block = attn.rsplit(".", 1)[0]
+            now = embedding_grid(model, block, int(height) // f, int(width) // f)
             if tuple(now) != tuple(grid):
                 raise AdapterMismatchError(
                     f"These motion embeddings were trained at {self.width}x{self.height}; this generation is "
                     f"{width}x{height}, which gives {block} a {now[1]}x{now[0]} grid instead of {grid[1]}x{grid[0]}. "
                     f"Their Value embeddings are tied to that grid: generate at {self.width}x{self.height}, or turn on "
                     "resampling.")
+        if _is_dit(model):
+            # a DiT's rows are latent frames (Wan: 4 video frames each, plus the first)
+            latent = model.latent_frames(int(frames))
+            if latent > self.frames:
+                step = int(model.vae_temporal_factor)
+                raise AdapterMismatchError(
+                    f"These motion embeddings were trained on {self.frames} latent frames "
+                    f"({(self.frames - 1) * step + 1} video frames); this generation has {latent} "
+                    f"({frames} video frames). Generate at most {(self.frames - 1) * step + 1} frames, or turn on "
+                    "resampling.")
+            return
         if frames > self.frames:
             raise AdapterMismatchError(
                 f"These motion embeddings were trained on {self.frames} frames; this generation has {frames}. "
@@ -675,7 +784,8 @@ class MotionEmbeddings:
         qk = {k: e.to(device=device, dtype=torch.float32) for k, e in self.qk.items()}
         v = {k: e.to(device=device, dtype=torch.float32) for k, e in self.v.items()}
         return MotionEmbeddingStage(blocks, qk, v, self.grids, trained_frames=self.frames, strategy=self.strategy,
-                                    strength=self.strength, resample=self.resample, cache=True)
+                                    strength=self.strength, resample=self.resample, cache=True,
+                                    **_stage_layout(model))
 
     @contextlib.contextmanager
     def activate(self, model: "VideoModel") -> Iterator["VideoModel"]:
@@ -1020,7 +1130,7 @@ class MotionInversion(TrainingMethod):
         self.qk = {k: nn.Parameter(t) for k, t in qk.items()}
         self.v = {k: nn.Parameter(t) for k, t in v.items()}
         self._stage = MotionEmbeddingStage(blocks, self.qk, self.v, grids, trained_frames=self.frames,
-                                           strategy="vanilla").install(model.denoiser)
+                                           strategy="vanilla", **_stage_layout(model)).install(model.denoiser)
         return [ParamGroup(GROUP, self._parameters(), lr=float(self.config.learning_rate),
                            weight_decay=float(self.config.weight_decay), max_grad_norm=self.config.max_grad_norm)]
 
@@ -1093,7 +1203,8 @@ class MotionInversion(TrainingMethod):
         if inverted:
             info = {"p": self.default_noise_prior(1), "steps": cfg.noise_prior_steps,
                     "clips": [{"video": c.video_index, "index": c.index} for c in clips],
-                    "latent_shape": list(inverted[0].shape), "prompt": "", "scheduler": "ddim"}
+                    "latent_shape": list(inverted[0].shape), "prompt": "",
+                    "scheduler": "flow" if model.prediction_type == "flow" else "ddim"}
         return MotionEmbeddings(
             qk={k: p.detach().float().cpu().clone() for k, p in self.qk.items()},
             v={k: p.detach().float().cpu().clone() for k, p in self.v.items()},
