@@ -202,7 +202,8 @@ def _lora_to_file(adapter: MotionLoRA) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, metadata
 
 
-def _json(metadata: Mapping[str, str], key: str, default: Any) -> Any:
+def metadata_json(metadata: Mapping[str, str], key: str, default: Any) -> Any:
+    """A JSON-valued metadata entry of an adapter file (``default`` when absent; a clear error if corrupt)."""
     text = metadata.get(key, "")
     if not text:
         return default
@@ -213,7 +214,7 @@ def _json(metadata: Mapping[str, str], key: str, default: Any) -> Any:
 
 
 def _lora_from_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> MotionLoRA:
-    sets_info = _json(metadata, "sets", [])
+    sets_info = metadata_json(metadata, "sets", [])
     if not sets_info:
         raise AdapterMismatchError(f"{path.name} holds no LoRA sets.")
     by_set: dict[str, dict[str, list[torch.Tensor | None]]] = {s["name"]: {} for s in sets_info}
@@ -245,12 +246,12 @@ def _lora_from_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], 
     return MotionLoRA(
         sets=tuple(sets), method=metadata.get("method", ""), family=metadata.get("family", ""),
         base_model=metadata.get("base_model", ""), steps=int(metadata.get("steps", "0") or 0),
-        training_config=_json(metadata, "training_config", {}),
+        training_config=metadata_json(metadata, "training_config", {}),
         strength=float(metadata.get("default_strength", "1.0") or 1.0),
         appearance_strength=float(metadata.get("default_appearance_strength", "0.0") or 0.0),
-        strength_schedule=StrengthSchedule.from_json(_json(metadata, "strength_schedule", None)),
-        noise_prior=tuple(prior[i] for i in sorted(prior)), noise_prior_info=_json(metadata, "noise_prior", {}),
-        source=str(path), extra=_json(metadata, "extra", {}),
+        strength_schedule=StrengthSchedule.from_json(metadata_json(metadata, "strength_schedule", None)),
+        noise_prior=tuple(prior[i] for i in sorted(prior)), noise_prior_info=metadata_json(metadata, "noise_prior", {}),
+        source=str(path), extra=metadata_json(metadata, "extra", {}),
     )
 
 

@@ -264,17 +264,9 @@ class _DeltaScheduleHook(SamplingHook):
         _patch(stack[-1], self.adapter.strength * float(self.adapter.strength_schedule(state.timestep)))
 
 
-def _json(metadata: Mapping[str, str], key: str, default: Any) -> Any:
-    text = metadata.get(key, "")
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise AdapterMismatchError(f"adapter metadata {key!r} is not valid JSON ({exc}).") from exc
-
-
 def _from_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> WeightDelta:
+    from .files import metadata_json  # files imports this module to register the kind
+
     deltas: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         if not key.startswith(_PREFIX):
@@ -284,15 +276,15 @@ def _from_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path:
         deltas[key[len(_PREFIX):]] = value
     if not deltas:
         raise AdapterMismatchError(f"{path.name} holds no weight deltas.")
-    groups = {k: tuple(v) for k, v in _json(metadata, "groups", {}).items()}
-    extra = _json(metadata, "extra", {})
+    groups = {k: tuple(v) for k, v in metadata_json(metadata, "groups", {}).items()}
+    extra = metadata_json(metadata, "extra", {})
     extra.setdefault("delta_dtype", metadata.get("delta_dtype", "float16"))
     return WeightDelta(
         deltas=deltas, method=metadata.get("method", ""), family=metadata.get("family", ""),
         base_model=metadata.get("base_model", ""), steps=int(metadata.get("steps", "0") or 0),
-        training_config=_json(metadata, "training_config", {}),
+        training_config=metadata_json(metadata, "training_config", {}),
         strength=float(metadata.get("default_strength", "1.0") or 1.0),
-        strength_schedule=StrengthSchedule.from_json(_json(metadata, "strength_schedule", None)),
+        strength_schedule=StrengthSchedule.from_json(metadata_json(metadata, "strength_schedule", None)),
         groups=groups, source=str(path), extra=extra)
 
 

@@ -853,34 +853,26 @@ class _RequestCheck(SamplingHook):
         self.adapter.check_request(state.model, int(req.width), int(req.height), int(req.num_frames))
 
 
-def _meta_json(metadata: Mapping[str, str], key: str, default: Any) -> Any:
-    text = metadata.get(key, "")
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise AdapterMismatchError(f"motion embedding metadata {key!r} is not valid JSON ({exc}).") from exc
-
-
 def embeddings_from_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> MotionEmbeddings:
     """Loader of ``kind = motion_embeddings`` files (registered with :mod:`motion_core.adapters.files`)."""
+    from ..adapters.files import metadata_json
+
     qk, v, prior = _split_tensors(tensors, path.name, allow_prior=True)
-    grids = {k: (int(g[0]), int(g[1])) for k, g in _meta_json(metadata, "grids", {}).items()}
+    grids = {k: (int(g[0]), int(g[1])) for k, g in metadata_json(metadata, "grids", {}).items()}
     missing = [k for k in v if k not in grids]
     if missing:
         raise AdapterMismatchError(f"{path.name}: no grid recorded for {missing[0]!r}; the file is damaged.")
-    latent = _meta_json(metadata, "latent_size", [0, 0])
+    latent = metadata_json(metadata, "latent_size", [0, 0])
     return MotionEmbeddings(
         qk=qk, v=v, grids=grids, frames=int(metadata.get("frames", "0") or 0), family=metadata.get("family", ""),
         base_model=metadata.get("base_model", ""), width=int(metadata.get("width", "0") or 0),
         height=int(metadata.get("height", "0") or 0), latent_size=(int(latent[0]), int(latent[1])),
         method=metadata.get("method", METHOD), steps=int(metadata.get("steps", "0") or 0),
-        training_config=_meta_json(metadata, "training_config", {}),
+        training_config=metadata_json(metadata, "training_config", {}),
         strategy=metadata.get("default_strategy", "hybrid") or "hybrid",
         strength=float(metadata.get("default_strength", "1.0") or 1.0), resample=metadata.get("resample") == "1",
-        noise_prior=tuple(prior[i] for i in sorted(prior)), noise_prior_info=_meta_json(metadata, "noise_prior", {}),
-        source=str(path), extra=_meta_json(metadata, "extra", {}))
+        noise_prior=tuple(prior[i] for i in sorted(prior)), noise_prior_info=metadata_json(metadata, "noise_prior", {}),
+        source=str(path), extra=metadata_json(metadata, "extra", {}))
 
 
 def _split_tensors(tensors: Mapping[str, Any], label: str, *, allow_prior: bool
