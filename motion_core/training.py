@@ -408,10 +408,11 @@ class TrainingMethod:
     def train_mode(self, model: "VideoModel") -> None:
         """Module modes while training: the frozen denoiser in eval mode (its own dropout off -- the base
         is not being trained), the trainable adapters' dropout on."""
-        from .adapters.lora import lora_layers
+        from .adapters.lora import lora_layers, lora_root
 
-        model.denoiser.eval()
-        for layer in lora_layers(model.denoiser).values():
+        root = lora_root(model)  # every expert of a two-expert model (Wan 2.2 A14B)
+        root.eval()
+        for layer in lora_layers(root).values():
             layer.lora_dropout.train()
 
     @contextlib.contextmanager
@@ -613,6 +614,24 @@ def checkpointed_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -
 def _diffusers_checkpoint(module: nn.Module, *args: Any) -> Any:
     """diffusers' ``gradient_checkpointing_func`` signature, through :func:`checkpointed_call`."""
     return checkpointed_call(module.__call__, *args)
+
+
+@contextlib.contextmanager
+def _checkpoint_every_denoiser(model: "VideoModel", enabled: bool) -> Iterator[None]:
+    """:func:`activation_checkpointing` on every denoiser of ``model`` (both experts of Wan 2.2 A14B)."""
+    from .adapters.lora import denoiser_modules
+
+    with contextlib.ExitStack() as stack:
+        for _, module in denoiser_modules(model):
+            stack.enter_context(activation_checkpointing(module, enabled))
+        yield
+
+
+def _eval_every_denoiser(model: "VideoModel") -> None:
+    from .adapters.lora import denoiser_modules
+
+    for _, module in denoiser_modules(model):
+        module.eval()
 
 
 @contextlib.contextmanager
@@ -827,7 +846,7 @@ class Trainer:
                 if self.step >= cfg.steps:
                     log.info("checkpoint %s is already at step %d of %d; nothing to train.", checkpoint, self.step,
                              cfg.steps)
-                with activation_checkpointing(model.denoiser, cfg.gradient_checkpointing):
+                with _checkpoint_every_denoiser(model, cfg.gradient_checkpointing):
                     cancelled = self._loop(data_fp)
                 adapter = method.build_adapter(model, steps=self.step, training_config=self._metadata_config(),
                                                clips=self.cached)
@@ -1161,7 +1180,7 @@ class Trainer:
         cancelled = False
         try:
             with torch.random.fork_rng(devices=devices), self.method.preview_context(model):
-                model.denoiser.eval()
+                _eval_every_denoiser(model)
                 with self._autocast():
                     result = sample(motion, request, cancel=self.cancel)
             self.preview = result.frames

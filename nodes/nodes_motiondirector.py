@@ -458,7 +458,7 @@ class MotionKitExportMotionAdapter:
         return True
 
     def export(self, adapter, format, filename, model=None):
-        from motion_core.adapters.files import export_adapter
+        from motion_core.adapters.files import export_adapter_files
         from motion_core.motion_model import MotionModel
 
         name = host.safe_filename(filename)
@@ -471,8 +471,9 @@ class MotionKitExportMotionAdapter:
         else:
             folder = host.output_dir() / "MotionKit" / "exports"
         base = MotionModel.wrap(model).base if model is not None else None
-        path = export_adapter(adapter, folder / name, str(format), model=base)
-        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+        # Wan 2.2 A14B adapters become a high-noise / low-noise pair; the output is the first (high-noise) file
+        paths = export_adapter_files(adapter, folder / name, str(format), model=base)
+        return {"ui": {"text": [str(p) for p in paths]}, "result": (str(paths[0]),)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,7 +1,7 @@
 """The training methods on a tiny Wan (a DiT): MotionDirector's two LoRA paths on the joint self-attention
 and feed-forward, the memory check before the first step, the noise prior through the flow inversion, the
-ComfyUI-native export read back by diffusers' Wan LoRA loader, and clear refusals (another Wan variant,
-the two-expert A14B)."""
+ComfyUI-native export read back by diffusers' Wan LoRA loader, MotionDirector on the two-expert Wan 2.2
+A14B (both experts trained, saved, activated and exported as a high/low pair), and clear refusals."""
 
 from __future__ import annotations
 
@@ -179,12 +179,139 @@ def test_save_load_and_another_wan_variant_is_refused(wan, wan_paths, trained, t
 
 
 # ================================================================================================ refusals
-def test_a14b_training_is_refused_clearly(wan_paths, tmp_path):
-    model = load_video_model(wan_paths["2.2-a14b"], device="cpu")
-    with pytest.raises(InputError, match="two experts"):
-        train(model, create_method("motiondirector", rank=2, noise_prior_steps=0), [clip()], PROMPT,
-              config(tmp_path / "run", steps=1))
-    assert not lora_layers(model.denoiser) and not lora_layers(model.denoiser_2)
+class _BothExperts:
+    """MotionDirector whose training timesteps fall on either side of A14B's boundary (t = 875) with equal
+    odds, so a few steps train both experts; drawn from the trainer's generator, so resume stays exact."""
+
+    def __new__(cls, **kw):
+        method = create_method("motiondirector", **kw)
+        boundary = 875
+
+        def sample_timesteps(model, batch_size, generator):
+            t = torch.randint(0, 1000, (batch_size,), generator=generator)
+            high = torch.rand(batch_size, generator=generator) < 0.5
+            return torch.where(high, boundary + t % (1000 - boundary), t % boundary)
+
+        method.sample_timesteps = sample_timesteps
+        return method
+
+
+def _a14b_run(model, folder, steps, resume=None, **overrides):
+    return train(model, _BothExperts(rank=2, learning_rate=5e-3, noise_prior_steps=0, spatial_drop_probability=0.0),
+                 [clip()], PROMPT, config(folder, steps=steps, seed=3, gradient_checkpointing=True, **overrides),
+                 resume=resume)
+
+
+@pytest.fixture(scope="module")
+def a14b(wan_paths):
+    return load_video_model(wan_paths["2.2-a14b"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def a14b_trained(a14b, tmp_path_factory):
+    return _a14b_run(a14b, tmp_path_factory.mktemp("md_a14b") / "run", 4, checkpoint_every=2)
+
+
+def test_motiondirector_trains_both_experts_of_a14b(a14b, a14b_trained):
+    adapter = a14b_trained.adapter
+    assert adapter.extra["experts"] == ["high_noise", "low_noise"]
+    per_expert = {e.name: model_targets for e, model_targets in
+                  ((e, a14b.motion_lora_targets("temporal", expert=e.name)) for e in a14b.experts)}
+    for lora_set in adapter.sets:
+        # the same set names and layers on both experts
+        assert sorted(lora_set.weights) == sorted(f"{e}.{t}" for e, ts in per_expert.items() for t in ts)
+        for expert in ("high_noise", "low_noise"):  # each expert's half learned (B starts at zero)
+            assert any(float(b.abs().max()) > 0 for k, (_, b) in lora_set.weights.items() if k.startswith(expert + "."))
+    assert not lora_layers(a14b.denoiser) and not lora_layers(a14b.denoiser_2)  # training left the base as it was
+    assert all(math.isfinite(h["loss"]) for h in a14b_trained.history)
+
+
+def test_a14b_adapter_saves_loads_and_activates_on_both_experts(a14b, a14b_trained, tmp_path):
+    adapter = a14b_trained.adapter
+    loaded = load_adapter(adapter.save(str(tmp_path / "a14b.safetensors")))
+    assert loaded.extra["experts"] == ["high_noise", "low_noise"]
+    assert {s.name: sorted(s.weights) for s in loaded.sets} == {s.name: sorted(s.weights) for s in adapter.sets}
+    # 3 steps from t=1000: the first runs on the high-noise expert, the last on the low-noise one
+    req = SampleRequest(prompt=PROMPT, steps=3, cfg=1.0, width=32, height=32, num_frames=5, seed=1)
+    plain = sample(MotionModel.wrap(a14b), req, decode=False).latents
+    direct = sample(MotionModel.wrap(a14b).with_adapter(adapter), req, decode=False).latents
+    reloaded = sample(MotionModel.wrap(a14b).with_adapter(loaded), req, decode=False).latents
+    assert torch.allclose(direct, reloaded, atol=1e-6)
+    assert not torch.allclose(direct, plain, atol=1e-4)
+    z = torch.randn(1, a14b.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    embeds = a14b.encode_prompt([PROMPT])
+    for expert in ("high_noise", "low_noise"):  # the adapter changes each expert's own prediction
+        with torch.no_grad():
+            base = a14b.predict(z, 500, embeds, expert=expert)
+            with loaded.activate(a14b):
+                adapted = a14b.predict(z, 500, embeds, expert=expert)
+        assert not torch.allclose(base, adapted, atol=1e-5), expert
+    assert not lora_layers(a14b.denoiser) and not lora_layers(a14b.denoiser_2)
+
+
+def test_a14b_comfyui_export_is_a_high_low_pair(a14b, a14b_trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from motion_core.adapters.files import export_adapter_files
+    from motion_core.adapters.wan_keys import import_wan_lora
+
+    adapter = a14b_trained.adapter
+    temporal = adapter.get_set("temporal")
+    paths = export_adapter_files(adapter, tmp_path / "motion.safetensors", "comfyui_wan")
+    assert [p.name for p in paths] == ["motion_high_noise.safetensors", "motion_low_noise.safetensors"]
+    assert export_adapter(adapter, tmp_path / "again.safetensors", "comfyui_wan").name == "again_high_noise.safetensors"
+    for path, expert in zip(paths, a14b.experts):
+        tensors = load_file(str(path))
+        assert all(k.startswith("diffusion_model.") for k in tensors)
+        peft, _ = import_wan_lora(tensors)
+        layers = {k[: -len(".lora_A.weight")] for k in peft if k.endswith(".lora_A.weight")}
+        assert layers == set(a14b.motion_lora_targets("temporal", expert=expert.name))
+        modules = dict(expert.module.named_modules())
+        for layer in layers:  # every key maps to a Linear of that expert, with the expert's own weights
+            a, b = temporal.weights[f"{expert.name}.{layer}"]
+            assert peft[f"{layer}.lora_A.weight"].shape[1] == modules[layer].in_features
+            assert torch.allclose(peft[f"{layer}.lora_B.weight"].float() @ peft[f"{layer}.lora_A.weight"].float(),
+                                  b @ a, atol=1e-5)
+    # the CLI writes (and names) the same pair
+    from motion_core.cli import main
+
+    saved = adapter.save(str(tmp_path / "a14b.safetensors"))
+    assert main(["export-adapter", "--adapter", str(saved), "--format", "comfyui_wan",
+                 "--out", str(tmp_path / "cli.safetensors")]) == 0
+    assert "cli_high_noise.safetensors" in capsys.readouterr().out
+    for expert in ("high_noise", "low_noise"):
+        assert load_file(str(tmp_path / f"cli_{expert}.safetensors")).keys() == \
+            load_file(str(tmp_path / f"motion_{expert}.safetensors")).keys()
+
+
+def test_a14b_export_node_writes_the_pair_into_loras(a14b_trained, tmp_path, monkeypatch):
+    from executor import isolate_host
+
+    from nodes import host
+    from nodes.nodes_motiondirector import MotionKitExportMotionAdapter
+
+    isolate_host(tmp_path, monkeypatch)
+    out = MotionKitExportMotionAdapter().export(a14b_trained.adapter, "comfyui_wan", "a14b_motion")
+    folder = host.models_dirs("loras")[0]
+    assert [str(folder / f"a14b_motion_{e}.safetensors") for e in ("high_noise", "low_noise")] == out["ui"]["text"]
+    assert out["result"] == (out["ui"]["text"][0],)
+    assert all((folder / f"a14b_motion_{e}.safetensors").is_file() for e in ("high_noise", "low_noise"))
+
+
+def test_a14b_resume_matches_an_uninterrupted_run(a14b, a14b_trained, tmp_path):
+    first = _a14b_run(a14b, tmp_path / "b", 2, checkpoint_every=2)
+    resumed = _a14b_run(a14b, tmp_path / "c", 4, resume=first.checkpoint, checkpoint_every=2)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in a14b_trained.history]
+    for full_set, resumed_set in zip(a14b_trained.adapter.sets, resumed.adapter.sets):
+        for layer, (a, b) in full_set.weights.items():
+            assert torch.equal(resumed_set.weights[layer][0], a) and torch.equal(resumed_set.weights[layer][1], b)
+
+
+def test_methods_without_a14b_support_refuse_it_clearly(a14b, tmp_path):
+    with pytest.raises(InputError, match="two-expert"):
+        train(a14b, create_method("motion_inversion"), [clip()], PROMPT, config(tmp_path / "run", steps=1))
+    assert not lora_layers(a14b.denoiser) and not lora_layers(a14b.denoiser_2)
+    assert all(not p.requires_grad for e in a14b.experts for p in e.module.parameters())
 
 
 def test_a_run_that_cannot_fit_is_refused_before_the_first_step(wan, tmp_path, monkeypatch):

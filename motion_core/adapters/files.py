@@ -17,7 +17,9 @@ with no keys (spec §1.3). :func:`import_reference_lora` reads them with ``torch
 and keeps them *ordered*: layer ``i`` of the file is matched at activation to the ``i``-th target layer of
 the model in the reference's module order (``mid_block`` last), with a shape check on every layer.
 
-Exports (:func:`export_adapter`):
+Exports (:func:`export_adapter`; an adapter trained on Wan 2.2 A14B -- layer names prefixed by the expert,
+``extra["experts"] = ["high_noise", "low_noise"]`` -- is written as a pair ``<stem>_high_noise`` /
+``<stem>_low_noise``, one file per expert in the chosen format, :func:`export_adapter_files`):
 
 * ``"diffusers"`` -- ``unet.<layer>.lora_A.weight`` / ``lora_B.weight``, what diffusers'
   ``load_lora_weights`` reads for UNet pipelines (AnimateDiffPipeline; UNet3DConditionModel has no LoRA
@@ -37,6 +39,7 @@ import json
 import os
 import re
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -53,6 +56,8 @@ __all__ = [
     "check_save_name",
     "default_adapters_dir",
     "export_adapter",
+    "export_adapter_files",
+    "expert_export_path",
     "import_animatediff_evolved",
     "import_reference_lora",
     "list_adapters",
@@ -395,17 +400,66 @@ def animatediff_evolved_key(layer: str) -> str:
     return name + "_lora"
 
 
-def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "diffusers", *,
-                   set_name: str | None = None, model: Any = None) -> Path:
-    """Write one LoRA set (default: the motion set) in another tool's format; see the module docstring."""
+def _expert_names(adapter: MotionLoRA, lora_set: LoraSet) -> list[str]:
+    """The experts a set spans (Wan 2.2 A14B: ``["high_noise", "low_noise"]``), from the adapter's metadata;
+    ``[]`` for a single-denoiser adapter."""
+    experts = [str(e) for e in (adapter.extra.get("experts") or [])]
+    if len(experts) < 2:
+        return []
+    if not all(layer.split(".", 1)[0] in experts for layer in lora_set.weights):
+        raise AdapterMismatchError(f"LoRA set {lora_set.name!r} lists experts {experts} but has layers outside them.")
+    return experts
+
+
+def expert_export_path(path: str | os.PathLike, expert: str) -> Path:
+    """Where one expert's file of a two-expert export goes: ``<stem>_<expert><suffix>`` beside ``path``."""
+    p = Path(path)
+    suffix = p.suffix or ".safetensors"
+    return p.with_name(f"{p.stem if p.suffix else p.name}_{expert}{suffix}")
+
+
+def export_adapter_files(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "diffusers", *,
+                         set_name: str | None = None, model: Any = None) -> list[Path]:
+    """:func:`export_adapter`, returning every file written: one, or for an adapter trained on a two-expert
+    model (Wan 2.2 A14B) one per expert -- ``<stem>_high_noise`` for ``transformer`` and ``<stem>_low_noise``
+    for ``transformer_2``, each with the expert's layer names (the pair ComfyUI's Wan 2.2 workflows load
+    with one LoraLoader per expert model)."""
     if not isinstance(adapter, MotionLoRA):
         raise InputError(f"only LoRA adapters can be exported to LoRA formats, not a {type(adapter).__name__}.")
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
     lora_set = _resolved_set(adapter, set_name, model)
+    experts = _expert_names(adapter, lora_set)
+    if not experts:
+        return [export_adapter(adapter, path, fmt, set_name=set_name, model=model)]
+    out: list[Path] = []
+    for expert in experts:
+        head = expert + "."
+        part = replace(lora_set, weights={k[len(head):]: v for k, v in lora_set.weights.items() if k.startswith(head)})
+        single = replace(adapter, sets=(part,), appearance_set=None,
+                         extra={**{k: v for k, v in adapter.extra.items() if k != "experts"}, "expert": expert})
+        out.append(export_adapter(single, expert_export_path(path, expert), fmt, set_name=part.name))
+    return out
+
+
+def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "diffusers", *,
+                   set_name: str | None = None, model: Any = None) -> Path:
+    """Write one LoRA set (default: the motion set) in another tool's format; see the module docstring.
+
+    An adapter trained on a two-expert model (Wan 2.2 A14B) is written as a pair of files, one per expert
+    (:func:`export_adapter_files`); this returns the first (high-noise) one."""
+    if not isinstance(adapter, MotionLoRA):
+        raise InputError(f"only LoRA adapters can be exported to LoRA formats, not a {type(adapter).__name__}.")
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    lora_set = _resolved_set(adapter, set_name, model)
+    if _expert_names(adapter, lora_set):
+        return export_adapter_files(adapter, path, fmt, set_name=set_name, model=model)[0]
     base_meta = {"source_format": FORMAT, "method": adapter.method, "family": adapter.family,
                  "base_model": adapter.base_model, "rank": str(lora_set.rank), "lora_set": lora_set.name,
                  "steps": str(adapter.steps)}
+    if adapter.extra.get("expert"):
+        base_meta["expert"] = str(adapter.extra["expert"])
     tensors: dict[str, torch.Tensor] = {}
     if fmt == "diffusers":
         # diffusers names the denoiser of a DiT pipeline (Wan) "transformer", of a UNet pipeline "unet"

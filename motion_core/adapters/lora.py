@@ -52,8 +52,11 @@ __all__ = [
     "inject_lora",
     "linear_targets",
     "load_lora_weights",
+    "denoiser_modules",
     "lora_disabled",
     "lora_layers",
+    "lora_root",
+    "lora_targets",
     "lora_parameters",
     "lora_weights",
     "reference_order",
@@ -116,6 +119,36 @@ def spatial_lora_targets(model: "VideoModel") -> list[str]:
         return list(model.motion_lora_targets("spatial"))
     refs = [r for r in model.layers() if not r.temporal and r.kind in ("spatial_self_attention", "feed_forward")]
     return linear_targets(refs)
+
+
+def denoiser_modules(model: "VideoModel") -> list[tuple[str, nn.Module]]:
+    """Every denoiser of ``model`` as ``(prefix, module)``: ``[("", denoiser)]`` for single-denoiser models,
+    ``[("high_noise", transformer), ("low_noise", transformer_2)]`` for Wan 2.2 A14B's two experts."""
+    experts = getattr(model, "experts", None)
+    if experts is not None and len(experts) > 1:
+        return [(e.name, e.module) for e in experts]
+    return [("", model.denoiser)]
+
+
+def lora_root(model: "VideoModel") -> nn.Module:
+    """The module LoRA sets of ``model`` live on: the denoiser itself, or -- with several experts (Wan 2.2
+    A14B) -- a container holding each expert under its name, so one set spans both experts with layer names
+    ``high_noise.blocks.0.attn1.to_q`` / ``low_noise.blocks.0.attn1.to_q``. The container only references the
+    experts; every function of this module works on it as on a single denoiser."""
+    modules = denoiser_modules(model)
+    if len(modules) == 1:
+        return modules[0][1]
+    return nn.ModuleDict(dict(modules))
+
+
+def lora_targets(model: "VideoModel", role: str) -> list[str]:
+    """MotionDirector's ``role`` (``"temporal"`` / ``"spatial"``) targets, relative to :func:`lora_root`: with
+    several experts the same layers of every expert (``model.motion_lora_targets(role, expert=...)``),
+    prefixed by the expert's name."""
+    modules = denoiser_modules(model)
+    if len(modules) > 1:
+        return [f"{prefix}.{t}" for prefix, _ in modules for t in model.motion_lora_targets(role, expert=prefix)]
+    return temporal_lora_targets(model) if role == "temporal" else spatial_lora_targets(model)
 
 
 def reference_order(names: Sequence[str]) -> list[str]:
@@ -623,9 +656,10 @@ class MotionLoRA:
     # ----------------------------------------------------------------------------------- ActiveAdapter
     @contextlib.contextmanager
     def activate(self, model: "VideoModel") -> Iterator["VideoModel"]:
-        """Install the sets on ``model.denoiser`` for one run; always removes them (base restored)."""
+        """Install the sets on ``model.denoiser`` (every expert of a two-expert model, see :func:`lora_root`)
+        for one run; always removes them (base restored)."""
         resolved = self.resolved(model)
-        denoiser = model.denoiser
+        denoiser = lora_root(model)
         weight = next(denoiser.parameters())
         token = next(_COUNTER)
         installed: list[tuple[str, float]] = []
@@ -689,7 +723,7 @@ class _ScheduleHook(SamplingHook):
             return
         factor = _scheduled_strength(self.adapter, state.timestep)
         for name, strength in self.adapter._activation.stack[-1]:
-            set_lora_strength(state.model.denoiser, name, strength * factor)
+            set_lora_strength(lora_root(state.model), name, strength * factor)
 
 
 def _resolve_ordered(lora_set: LoraSet, model: "VideoModel") -> list[LoraSet]:

@@ -309,7 +309,7 @@ class WanVideoModel(VideoModel):
         ``expert="low_noise"`` gives ``transformer_2``'s). Names are relative to that transformer."""
         return wan_layers(self._expert_named(expert).module, kind)
 
-    def motion_lora_targets(self, role: str) -> list[str]:
+    def motion_lora_targets(self, role: str, expert: str | None = None) -> list[str]:
         """Linear layers of MotionDirector's LoRA paths on Wan (``role``: ``"temporal"`` or ``"spatial"``).
 
         A DiT has no separate temporal module: frames mix only inside the joint self-attention. So both
@@ -317,17 +317,22 @@ class WanVideoModel(VideoModel):
         (``ffn``), never the text cross-attention -- as two named peft adapters; what separates them is the
         data (the spatial path sees one latent frame at a time through :meth:`single_frame_mode`, where
         self-attention cannot mix frames, the temporal path whole clips) and the appearance-debiased loss.
+
+        Wan 2.2 A14B: names are relative to one expert's transformer, so ``expert`` must be given
+        (MotionDirector adapts both experts, see :func:`motion_core.adapters.lora.lora_targets`); without it
+        the call is refused, as LoRA methods that train on a single denoiser do not support two experts.
         """
         if role not in ("temporal", "spatial"):
             raise InputError(f"unknown LoRA role {role!r}; use 'temporal' or 'spatial'.")
         from ..adapters.lora import linear_targets
 
-        if len(self.experts) > 1:
+        if len(self.experts) > 1 and expert is None:
             raise InputError(
                 f"{self.base_model} ({self.variant}) has two experts (high-noise / low-noise transformers); "
-                "MotionKit's LoRA training does not support two-expert Wan 2.2 A14B yet. Train on Wan 2.1 "
-                "T2V 1.3B/14B or Wan 2.2 TI2V-5B.")
-        return linear_targets(r for r in self.layers() if r.kind in ("temporal_attention", "feed_forward"))
+                "this LoRA method does not support two-expert Wan 2.2 A14B yet (MotionDirector does). Train it "
+                "on Wan 2.1 T2V 1.3B/14B or Wan 2.2 TI2V-5B.")
+        return linear_targets(r for r in self.layers(expert=expert)
+                              if r.kind in ("temporal_attention", "feed_forward"))
 
     def temporal_modules(self) -> list[tuple[str, nn.Module]]:
         """None: every frame-mixing operation is inside the joint self-attention (see the module docstring)."""

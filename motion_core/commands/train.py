@@ -302,7 +302,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 @command("export-adapter", "convert a motion adapter to diffusers / peft / AnimateDiff-Evolved / MotionKit files",
          _export_arguments)
 def run_export(args: argparse.Namespace) -> int:
-    from ..adapters.files import export_adapter, load_adapter, save_adapter
+    from ..adapters.files import export_adapter_files, load_adapter, save_adapter
 
     adapter = load_adapter(args.adapter)
     model = None
@@ -318,7 +318,12 @@ def run_export(args: argparse.Namespace) -> int:
             adapter = dataclasses.replace(adapter.resolved(model), base_model=args.base_model or model.base_model)
         path = save_adapter(adapter, out)
     else:
-        path = export_adapter(adapter, out, args.format, set_name=args.set_name, model=model)
+        paths = export_adapter_files(adapter, out, args.format, set_name=args.set_name, model=model)
+        if len(paths) > 1:  # a two-expert model (Wan 2.2 A14B): one file per expert
+            for p in paths:
+                print(f"wrote {p}")
+            return 0
+        path = paths[0]
     print(f"wrote {path}")
     return 0
 

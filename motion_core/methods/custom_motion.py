@@ -489,6 +489,13 @@ class CustomMotion(TrainingMethod):
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, model: "VideoModel", clips: Sequence[CachedClip], generator: torch.Generator) -> list[ParamGroup]:
+        from ..adapters.lora import denoiser_modules
+
+        if len(denoiser_modules(model)) > 1:
+            raise InputError(
+                f"Customizing Motion does not support two-expert models (Wan 2.2 A14B: high-noise / low-noise transformers) "
+                "yet. Train it on Wan 2.1 T2V 1.3B/14B or Wan 2.2 TI2V-5B, or use MotionDirector, which trains "
+                "both A14B experts.")
         cfg = self.config
         parts = trainable_parameters(model, cfg.trainable_modules)
         if not parts.get("temporal") and not parts.get("temp_convs"):

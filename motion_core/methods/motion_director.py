@@ -17,7 +17,12 @@ Dual-path LoRAs decouple appearance from motion
   layers (self-attention ``attn1`` q/k/v/out and feed-forward of every block, chosen by the backbone:
   ``WanVideoModel.motion_lora_targets``) as two named LoRAs; the spatial path sees single latent frames
   (``single_frame_mode``), the temporal path whole clips, and the loss is on the flow (velocity) target.
-  The two-expert Wan 2.2 A14B is refused for training for now.
+  Wan 2.2 A14B has two experts (high-noise / low-noise transformers, switched at the boundary timestep):
+  every LoRA set spans the same layers of *both* experts (layer names prefixed ``high_noise.`` /
+  ``low_noise.``, :func:`~motion_core.adapters.lora.lora_root`). A training step's timestep selects the
+  expert that runs, so that expert's half of each set learns; the other half simply gets no gradient that
+  step (AdamW skips it, no weight decay either). Over the run both experts see their own timestep ranges,
+  as at sampling, where the adapter is active on both.
 * **Appearance-debiased temporal loss** -- ``L_T = L_org + L_ad`` with
   ``L_ad = mean((debias(ε̂) − debias(ε))²)``, ``debias(x)_f = √(β²+1)·x_f − β·x_anchor`` and a random
   anchor frame (β = 1).
@@ -64,8 +69,9 @@ from ..adapters.lora import (
     load_lora_weights,
     remove_lora,
     set_active_lora,
-    spatial_lora_targets,
-    temporal_lora_targets,
+    denoiser_modules,
+    lora_root,
+    lora_targets,
 )
 from ..errors import InputError
 from ..losses import diffusion_mse, temporal_loss
@@ -171,20 +177,20 @@ class MotionDirector(TrainingMethod):
         cfg = self.config
         videos = sorted({c.video_index for c in clips})
         self.num_videos = len(videos)
-        denoiser = model.denoiser
+        denoiser = lora_root(model)
         wd = self.weight_decay(self.num_videos)
         groups: list[ParamGroup] = []
         self.sets = []
         try:
             # the temporal LoRA first, then the spatial ones, as the reference injects them
             if cfg.train_temporal:
-                inject_lora(denoiser, TEMPORAL, temporal_lora_targets(model), rank=cfg.rank, alpha=cfg.rank,
+                inject_lora(denoiser, TEMPORAL, lora_targets(model, "temporal"), rank=cfg.rank, alpha=cfg.rank,
                             dropout=cfg.lora_dropout, init="gaussian", dtype=torch.float32, active=False)
                 self.sets.append(TEMPORAL)
                 groups.append(ParamGroup(TEMPORAL, lora_parameters(denoiser, TEMPORAL), lr=cfg.learning_rate,
                                          weight_decay=wd, max_grad_norm=cfg.max_grad_norm))
             if cfg.train_spatial:
-                targets = spatial_lora_targets(model)
+                targets = lora_targets(model, "spatial")
                 for k in videos:
                     name = spatial_name(k)
                     inject_lora(denoiser, name, targets, rank=cfg.rank, alpha=cfg.rank, dropout=cfg.lora_dropout,
@@ -204,7 +210,7 @@ class MotionDirector(TrainingMethod):
         (the spatial LoRA in the temporal pass is "shared but frozen"), which also spares the autograd
         memory their weight gradients would need."""
         for other in self.sets:
-            for p in lora_parameters(model.denoiser, other):
+            for p in lora_parameters(lora_root(model), other):
                 p.requires_grad_(other == name)
 
     # ------------------------------------------------------------------ one step
@@ -221,7 +227,7 @@ class MotionDirector(TrainingMethod):
 
         if cfg.train_spatial and not drop_spatial:
             # spatial path: this video's spatial LoRA alone, one random frame, temporal modules bypassed
-            set_active_lora(model.denoiser, [spatial])
+            set_active_lora(lora_root(model), [spatial])
             self._only_trainable(model, spatial)
             i = batch.randint(frames)
             with model.single_frame_mode():
@@ -234,7 +240,7 @@ class MotionDirector(TrainingMethod):
         if cfg.train_temporal:
             # temporal path: the whole clip; the spatial LoRA of this video runs (frozen) unless dropped
             active = [TEMPORAL] + ([spatial] if cfg.train_spatial and not drop_spatial else [])
-            set_active_lora(model.denoiser, active)
+            set_active_lora(lora_root(model), active)
             self._only_trainable(model, TEMPORAL)
             pred = model.predict(noisy.z_t, noisy.t, embeds)
             anchor = batch.randint(frames)
@@ -252,17 +258,17 @@ class MotionDirector(TrainingMethod):
     def preview_context(self, model: "VideoModel") -> Iterator[None]:
         """Previews show what users get by default: the temporal LoRA alone at strength 1 (the reference's
         video configs preview with spatial scale 0)."""
-        set_active_lora(model.denoiser, [TEMPORAL] if TEMPORAL in self.sets else self.sets[:1])
+        set_active_lora(lora_root(model), [TEMPORAL] if TEMPORAL in self.sets else self.sets[:1])
         try:
             yield
         finally:
-            set_active_lora(model.denoiser, [])
+            set_active_lora(lora_root(model), [])
 
     # ------------------------------------------------------------------ checkpoints
     def state_tensors(self, model: "VideoModel") -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name in self.sets:
-            for layer, (a, b) in lora_weights(model.denoiser, name).items():
+            for layer, (a, b) in lora_weights(lora_root(model), name).items():
                 out[f"lora.{name}.{layer}.lora_A.weight"] = a
                 out[f"lora.{name}.{layer}.lora_B.weight"] = b
         return out
@@ -278,16 +284,19 @@ class MotionDirector(TrainingMethod):
         if set(per_set) != set(self.sets):
             raise InputError(f"the checkpoint holds LoRA sets {sorted(per_set)}, this run trains {sorted(self.sets)}.")
         for name, layers in per_set.items():
-            load_lora_weights(model.denoiser, name, {k: (v[0], v[1]) for k, v in layers.items()})
+            load_lora_weights(lora_root(model), name, {k: (v[0], v[1]) for k, v in layers.items()})
 
     def build_adapter(self, model: "VideoModel", *, steps: int, training_config: dict[str, Any],
                       clips: Sequence[CachedClip]) -> MotionLoRA:
         cfg = self.config
         sets = tuple(
             LoraSet(name=name, role=ROLE_MOTION if name == TEMPORAL else ROLE_APPEARANCE, rank=cfg.rank,
-                    alpha=float(cfg.rank), weights=lora_weights(model.denoiser, name))
+                    alpha=float(cfg.rank), weights=lora_weights(lora_root(model), name))
             for name in self.sets)
         inverted = tuple(c.inverted.float().cpu() for c in clips if c.inverted is not None)
+        # two-expert models (Wan 2.2 A14B): every layer name starts with one of these expert names
+        modules = denoiser_modules(model)
+        experts = {"experts": [prefix for prefix, _ in modules]} if len(modules) > 1 else {}
         info: dict[str, Any] = {}
         if inverted:
             shape = list(inverted[0].shape)
@@ -300,8 +309,9 @@ class MotionDirector(TrainingMethod):
             sets=sets, method=self.name, family=model.family, base_model=model.base_model, steps=steps,
             training_config=training_config, strength=1.0, appearance_strength=0.0,
             noise_prior=inverted, noise_prior_info=info,
-            extra={"videos": self.num_videos, "prompts": sorted({c.prompt for c in clips})})
+            extra={"videos": self.num_videos, "prompts": sorted({c.prompt for c in clips}),
+                   **experts})
 
     def teardown(self, model: "VideoModel") -> None:
-        remove_lora(model.denoiser, self.sets)
+        remove_lora(lora_root(model), self.sets)
         self.sets = []

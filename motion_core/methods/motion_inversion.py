@@ -1107,6 +1107,13 @@ class MotionInversion(TrainingMethod):
 
     # ------------------------------------------------------------------ adapters
     def setup(self, model: "VideoModel", clips: Sequence[CachedClip], generator: torch.Generator) -> list[ParamGroup]:
+        from ..adapters.lora import denoiser_modules
+
+        if len(denoiser_modules(model)) > 1:
+            raise InputError(
+                f"Motion Inversion does not support two-expert models (Wan 2.2 A14B: high-noise / low-noise transformers) "
+                "yet. Train it on Wan 2.1 T2V 1.3B/14B or Wan 2.2 TI2V-5B, or use MotionDirector, which trains "
+                "both A14B experts.")
         shapes = {tuple(c.latents.shape[2:]) for c in clips}
         if len(shapes) != 1:
             raise InputError("Motion Inversion needs every training clip at one size and length; got "
