@@ -411,7 +411,7 @@ class TrainingMethod:
         from .adapters.lora import lora_layers, lora_root
 
         root = lora_root(model)  # every expert of a two-expert model (Wan 2.2 A14B)
-        root.eval()
+        root.train(False)
         for layer in lora_layers(root).values():
             layer.lora_dropout.train()
 
@@ -631,7 +631,7 @@ def _eval_every_denoiser(model: "VideoModel") -> None:
     from .adapters.lora import denoiser_modules
 
     for _, module in denoiser_modules(model):
-        module.eval()
+        module.train(False)
 
 
 @contextlib.contextmanager

@@ -364,7 +364,7 @@ def _diffusers_errors_only():
 def _finish(model: VideoModel, request: LoadRequest) -> VideoModel:
     model.to(device=request.device, dtype=request.dtype)
     model.requires_grad_(False)
-    model.eval()
+    model.train(False)
     return model
 
 

@@ -870,7 +870,7 @@ def load_wan(request: Any) -> WanVideoModel:
     # device only: a dtype cast would undo diffusers' float32 modules and the float32 VAE
     model.to(device=request.device)
     model.requires_grad_(False)
-    model.eval()
+    model.train(False)
     return model
 
 

@@ -551,7 +551,7 @@ def load_sparsectrl(source: str | Path, model: VideoModel | MotionModel) -> nn.M
         raise ModelLoadError(f"Cannot load a SparseCtrl model from {source}: {exc}. Use a diffusers "
                              "SparseControlNetModel folder, e.g. guoyww/animatediff-sparsectrl-rgb or "
                              "-scribble.") from None
-    controlnet = controlnet.to(base.device).eval().requires_grad_(False)
+    controlnet = controlnet.to(base.device).train(False).requires_grad_(False)
     check_sparsectrl_fits(controlnet, base)
     return controlnet
 
