@@ -11,12 +11,12 @@ from motion_core.errors import InputError
 
 from . import host
 from .training_common import (
-    LATEST,
-    NONE,
     PRECISIONS,
-    checkpoint_choices,
+    checkpoint_every_input,
     resolve_resume,
+    resume_input,
     run_training,
+    save_name_problem,
     training_root,
 )
 from .nodes_motiondirector import MAX_SEED, MAX_SIZE
@@ -101,12 +101,7 @@ class MotionKitTrainCustomMotion:
                 "height": ("INT", {
                     "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
                     "tooltip": "Training height in pixels (reference: 384)."}),
-                "checkpoint_every": ("INT", {
-                    "default": 500, "min": 0, "max": 100000,
-                    "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/"
-                               "<save_name> (0 = only at the end or on Cancel). A checkpoint holds the trained "
-                               "tensors and AdamW state in fp32 (about 7 GB for ZeroScope; the last 2 are "
-                               "kept)."}),
+                "checkpoint_every": checkpoint_every_input(500),
                 "save_name": ("STRING", {
                     "default": "custom_motion",
                     "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). "
@@ -115,11 +110,7 @@ class MotionKitTrainCustomMotion:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, prior choice). The same seed and "
                                "settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
-                    "default": NONE,
-                    "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
-                               "checkpoint of this save_name, or a specific checkpoint. Settings, videos and prior "
-                               "videos must be those of that run."}),
+                "resume_from": resume_input(),
             },
             "optional": {
                 "video": ("IMAGE", {
@@ -199,9 +190,10 @@ class MotionKitTrainCustomMotion:
     def VALIDATE_INPUTS(cls, save_name=None, identifier=None):
         from motion_core.methods.custom_motion import check_identifier
 
+        problem = save_name_problem(save_name)
+        if problem is not True:
+            return problem
         try:
-            if save_name is not None:
-                host.safe_filename(save_name)
             if identifier is not None:
                 check_identifier(identifier)
         except InputError as exc:

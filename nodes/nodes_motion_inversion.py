@@ -11,12 +11,12 @@ from motion_core.errors import InputError
 
 from . import host
 from .training_common import (
-    LATEST,
-    NONE,
     PRECISIONS,
-    checkpoint_choices,
+    checkpoint_every_input,
     resolve_resume,
+    resume_input,
     run_training,
+    save_name_problem,
     training_root,
 )
 
@@ -94,10 +94,7 @@ class MotionKitTrainMotionEmbeddings:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the run (noise, timesteps, dropout). The same seed and settings give the "
                                "same embeddings."}),
-                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
-                    "default": NONE,
-                    "tooltip": "Continue an interrupted run: 'latest' = the newest checkpoint of this save_name, "
-                               "or a specific checkpoint. The settings and video must be those of that run."}),
+                "resume_from": resume_input(),
             },
             "optional": {
                 "strategy": (STRATEGIES, {
@@ -113,10 +110,7 @@ class MotionKitTrainMotionEmbeddings:
                     "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
                     "tooltip": "Frame rate to sample the clips at when video_fps is known; 0 = every frame (the "
                                "reference)."}),
-                "checkpoint_every": ("INT", {
-                    "default": 50, "min": 0, "max": 100000,
-                    "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/"
-                               "<save_name> (reference: 50; 0 = only at the end or on Cancel)."}),
+                "checkpoint_every": checkpoint_every_input(50),
                 "preview_every": ("INT", {
                     "default": 100, "min": 0, "max": 100000,
                     "tooltip": "Make a validation sample every N steps (0 = only one at the end)."}),
@@ -155,11 +149,9 @@ class MotionKitTrainMotionEmbeddings:
 
     @classmethod
     def VALIDATE_INPUTS(cls, save_name=None, learning_rate=None):
-        if save_name is not None:
-            try:
-                host.safe_filename(save_name)
-            except InputError as exc:
-                return str(exc)
+        problem = save_name_problem(save_name)
+        if problem is not True:
+            return problem
         if learning_rate is not None and not float(learning_rate) > 0:
             return f"learning_rate must be > 0, got {learning_rate}."
         return True

@@ -11,12 +11,12 @@ from motion_core.errors import InputError
 
 from . import host
 from .training_common import (
-    LATEST,
-    NONE,
     PRECISIONS,
-    checkpoint_choices,
+    checkpoint_every_input,
     resolve_resume,
+    resume_input,
     run_training,
+    save_name_problem,
     training_root,
 )
 from .nodes_motiondirector import MAX_SEED, MAX_SIZE
@@ -86,10 +86,7 @@ class MotionKitTrainMotionMatcher:
                 "height": ("INT", {
                     "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
                     "tooltip": "Training height in pixels (reference: 384)."}),
-                "checkpoint_every": ("INT", {
-                    "default": 50, "min": 0, "max": 100000,
-                    "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/"
-                               "<save_name> (0 = only at the end or on Cancel)."}),
+                "checkpoint_every": checkpoint_every_input(50),
                 "save_name": ("STRING", {
                     "default": "motionmatcher",
                     "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). An "
@@ -98,11 +95,7 @@ class MotionKitTrainMotionMatcher:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, LoRA init, dropout). The same seed and "
                                "settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
-                    "default": NONE,
-                    "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
-                               "checkpoint of this save_name, or a specific checkpoint. The settings and video must "
-                               "be those of that run."}),
+                "resume_from": resume_input(),
             },
             "optional": {
                 "video_fps": ("FLOAT", {
@@ -166,12 +159,7 @@ class MotionKitTrainMotionMatcher:
 
     @classmethod
     def VALIDATE_INPUTS(cls, save_name=None, resume_from=None):
-        if save_name is not None:
-            try:
-                host.safe_filename(save_name)
-            except InputError as exc:
-                return str(exc)
-        return True
+        return save_name_problem(save_name)
 
     def train(self, model, video, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every,
               save_name, seed, resume_from, video_fps=0.0, training_fps=8.0, min_timestep=500,

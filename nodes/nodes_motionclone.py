@@ -240,22 +240,20 @@ class MotionKitApplyMotionClone:
               sparsectrl=None):
         from dataclasses import replace
 
-        from motion_core.methods.motion_clone import PRESETS as CONFIGS
-        from motion_core.methods.motion_clone import MotionCloneConfig, apply_motion_clone
+        from motion_core.methods.motion_clone import MotionCloneConfig, apply_motion_clone, presets_for
         from motion_core.motion_model import MotionModel
 
-        if MotionModel.wrap(model).base.family == "wan":  # flow-model schedules (50-60 steps)
-            from motion_core.methods.motion_clone_wan import WAN_PRESETS as CONFIGS  # noqa: N811
-            if preset not in CONFIGS and preset != "custom":
-                raise InputError(f"Preset {preset!r} is not available on Wan; use {', '.join(CONFIGS)} or custom.")
+        family = MotionModel.wrap(model).base.family
+        configs = presets_for(family)
         if preset == "custom":
             config = MotionCloneConfig(steps=None, guided_steps=int(guided_steps),
                                        guidance_fraction=float(guidance_fraction), warm_up=int(warm_up),
                                        cool_down=int(cool_down), weight=float(weight))
-        elif preset in CONFIGS:
-            config = replace(CONFIGS[preset], weight=float(weight))
+        elif preset in configs:
+            config = replace(configs[preset], weight=float(weight))
         else:
-            raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+            label = {"wan": "Wan", "unet3d": "UNet3D", "animatediff": "AnimateDiff"}.get(family, family)
+            raise InputError(f"Preset {preset!r} is not available on {label}; use {', '.join(configs)} or custom.")
         return (apply_motion_clone(model, representation, config, sparsectrl=sparsectrl),)
 
 

@@ -10,12 +10,12 @@ from motion_core.errors import InputError
 
 from . import host
 from .training_common import (
-    LATEST,
-    NONE,
     PRECISIONS,
-    checkpoint_choices,
+    checkpoint_every_input,
     resolve_resume,
+    resume_input,
     run_training,
+    save_name_problem,
     training_root,
 )
 
@@ -94,10 +94,7 @@ class MotionKitTrainMotionDirector:
                 "height": ("INT", {
                     "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
                     "tooltip": "Training height in pixels (reference: 384)."}),
-                "checkpoint_every": ("INT", {
-                    "default": 50, "min": 0, "max": 100000,
-                    "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/"
-                               "<save_name> (0 = only at the end or on Cancel)."}),
+                "checkpoint_every": checkpoint_every_input(50),
                 "save_name": ("STRING", {
                     "default": "motiondirector",
                     "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). "
@@ -106,11 +103,7 @@ class MotionKitTrainMotionDirector:
                     "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the training run (noise, timesteps, frame choices, LoRA init). The same "
                                "seed and settings give the same adapter."}),
-                "resume_from": ([NONE, LATEST] + checkpoint_choices(), {
-                    "default": NONE,
-                    "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest "
-                               "checkpoint of this save_name, or a specific checkpoint. The settings and video "
-                               "must be those of that run."}),
+                "resume_from": resume_input(),
             },
             "optional": {
                 "video_2": ("IMAGE", {"tooltip": "A second reference video of the same motion (optional)."}),
@@ -154,12 +147,7 @@ class MotionKitTrainMotionDirector:
 
     @classmethod
     def VALIDATE_INPUTS(cls, save_name=None, resume_from=None):
-        if save_name is not None:
-            try:
-                host.safe_filename(save_name)
-            except InputError as exc:
-                return str(exc)
-        return True
+        return save_name_problem(save_name)
 
     def train(self, model, video, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every,
               save_name, seed, resume_from, video_2=None, video_3=None, video_4=None, video_fps=0.0,

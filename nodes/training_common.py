@@ -99,3 +99,30 @@ def run_training(label: str, steps: int, width: int, height: int,
     else:  # previews were off: a black frame keeps the output's type
         preview = torch.zeros(1, int(height), int(width), 3)
     return (result.adapter, result.loss_curve(), preview)
+
+
+def resume_input() -> tuple:
+    """The ``resume_from`` widget every Train node declares."""
+    return (resume_choices(), {
+        "default": NONE,
+        "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest checkpoint of "
+                   "this save_name, or pick a checkpoint folder from output/motionkit_training/. The settings "
+                   "must match the interrupted run (it is refused otherwise)."})
+
+
+def checkpoint_every_input(default: int) -> tuple:
+    """The ``checkpoint_every`` widget every Train node declares (``default`` = the method's reference)."""
+    return ("INT", {
+        "default": int(default), "min": 0, "max": 100000,
+        "tooltip": "Save a resumable checkpoint every N steps into output/motionkit_training/<save_name> "
+                   "(0 = only at the end or on Cancel)."})
+
+
+def save_name_problem(save_name: str | None) -> str | bool:
+    """``VALIDATE_INPUTS`` answer for a save name: True, or the message of why it cannot be a file name."""
+    if save_name is not None:
+        try:
+            host.safe_filename(save_name)
+        except InputError as exc:
+            return str(exc)
+    return True

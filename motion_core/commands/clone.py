@@ -77,10 +77,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace, smoke: bool, family: str = ""):
     from dataclasses import replace
 
-    from ..methods.motion_clone import PRESETS, MotionCloneConfig
+    from ..methods.motion_clone import MotionCloneConfig, presets_for
 
-    if family == "wan":  # flow-model schedules (motion_clone_wan.WAN_PRESETS)
-        from ..methods.motion_clone_wan import WAN_PRESETS as PRESETS  # noqa: N811
+    PRESETS = presets_for(family)  # noqa: N806 - the family's named presets
 
     preset = args.preset or ("custom" if smoke else "camera")
     if preset == "custom":

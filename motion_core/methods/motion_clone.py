@@ -503,6 +503,16 @@ class MotionCloneGuidance(SamplingHook):
         self._energy = None
 
 
+def presets_for(family: str) -> dict[str, MotionCloneConfig]:
+    """The named MotionClone presets of a family: the reference's DDIM schedules for the UNet families, the
+    flow-model schedules of :data:`~motion_core.methods.motion_clone_wan.WAN_PRESETS` for Wan."""
+    if family == "wan":
+        from .motion_clone_wan import WAN_PRESETS
+
+        return WAN_PRESETS
+    return PRESETS
+
+
 def apply_motion_clone(model: VideoModel | MotionModel, representation: MotionRepresentation,
                        config: MotionCloneConfig | str = "camera",
                        sparsectrl: "SparseCtrlCondition | None" = None) -> MotionModel:
@@ -512,11 +522,7 @@ def apply_motion_clone(model: VideoModel | MotionModel, representation: MotionRe
     :class:`~motion_core.methods.motion_clone_wan.WanMotionCloneGuidance`."""
     motion = MotionModel.wrap(model)
     base = motion.base
-    presets = PRESETS
-    if base.family == "wan":
-        from .motion_clone_wan import WAN_PRESETS
-
-        presets = WAN_PRESETS
+    presets = presets_for(base.family)
     if isinstance(config, str):
         if config not in presets:
             raise InputError(f"Unknown MotionClone preset {config!r} for {base.family}; choose one of "
