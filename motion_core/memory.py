@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .autograd import autograd
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _measured_activation_bytes(model: Any, batch: int, num_frames: int, height: 
 
     from .training import activation_checkpointing
 
-    with activation_checkpointing(denoiser, gradient_checkpointing), torch.enable_grad(), \
+    with autograd("the activation-memory probe"), activation_checkpointing(denoiser, gradient_checkpointing), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model.predict(latents, torch.tensor([500]), embeds)
     del out

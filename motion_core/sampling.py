@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from .backbones.base import CancelCheck, ProgressCallback, VideoModel
+from .autograd import autograd
 from .errors import Cancelled, InputError
 from .motion_model import MotionModel
 
@@ -385,8 +386,8 @@ def _predict(state: SamplingState, hooks: Sequence[SamplingHook],
     if guiding:
         # The energy is read from the *conditional* branch only, with autograd on; the unconditional
         # branch runs separately without graph (reference/motion_clone.md §5.2 steps 2-5).
-        z_leaf = z.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with autograd("motion guidance"):
+            z_leaf = z.detach().requires_grad_(True)
             cond = run(z_leaf, state.prompt_embeds)
             energies = [e for e in (h.energy(state) for h in guiding) if e is not None]
             if energies:

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "build_tiny_sparsectrl",
+    "tiny_sparsectrl",
     "TINY_FAMILIES",
     "TINY_MODEL_MAX_LENGTH",
     "TINY_VOCAB_SIZE",
@@ -308,6 +310,44 @@ def _build_animatediff(folder: Path, seed: int, four_level: bool) -> TinyAnimate
         "motion_adapter": ("diffusers", "MotionAdapter"),
         "feature_extractor": (None, None), "image_encoder": (None, None)})
     return paths
+
+
+def tiny_sparsectrl(unet_config: Any, vae_scale_factor: int, kind: str = "rgb", seed: int = 0,
+                    **overrides: Any) -> nn.Module:
+    """A SparseCtrl ControlNet (diffusers ``SparseControlNetModel``, ``kind`` rgb or scribble) shaped like
+    the UNet of ``unet_config`` (random weights, every weight perturbed as the denoisers are)."""
+    from diffusers import SparseControlNetModel
+
+    cfg = unet_config
+    levels = int(vae_scale_factor).bit_length()  # log2(scale) + 1 conditioning stages
+    options = dict(
+        in_channels=4, conditioning_channels=4 if kind == "rgb" else 3,
+        down_block_types=tuple(cfg.down_block_types), block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.num_attention_heads,
+        motion_num_attention_heads=4, motion_max_seq_length=32,
+        use_simplified_condition_embedding=kind == "rgb",
+        conditioning_embedding_out_channels=(16, 32, 64, 64)[:levels],
+    )
+    options.update(overrides)
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = SparseControlNetModel(**options)
+        _perturb(controlnet, torch.Generator().manual_seed(seed + 1))
+    return controlnet.train(False).requires_grad_(False)
+
+
+def build_tiny_sparsectrl(folder: str | os.PathLike, animatediff_folder: str | os.PathLike, kind: str = "rgb",
+                          seed: int = 0) -> Path:
+    """Save :func:`tiny_sparsectrl` for the tiny AnimateDiff in ``animatediff_folder`` (its ``unet/``) as a
+    diffusers ``SparseControlNetModel`` folder; returns ``folder``."""
+    from types import SimpleNamespace
+
+    unet = json.loads((Path(animatediff_folder) / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae = json.loads((Path(animatediff_folder) / "vae" / "config.json").read_text(encoding="utf-8"))
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    tiny_sparsectrl(SimpleNamespace(**unet), scale, kind, seed).save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
 
 
 def build_tiny_model(family: str, folder: str | os.PathLike, seed: int = 0, **options: Any) -> Path:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .autograd import autograd
 from .errors import Cancelled, InputError, TrainingError, VideoError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -821,7 +822,7 @@ class Trainer:
         devices = [model.device] if model.device.type == "cuda" else []
         installed = False
         try:
-            with torch.random.fork_rng(devices=devices):
+            with autograd("training"), torch.random.fork_rng(devices=devices):
                 self._seed_everything()
                 self.cached = self._cache(clips, checkpoint)
                 self.generator = torch.Generator("cpu").manual_seed(cfg.seed + 7919 * self.rank)

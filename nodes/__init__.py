@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from .host import node_function
+
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
@@ -22,6 +24,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     for _name in _module.NODE_CLASS_MAPPINGS:
         if _name in NODE_CLASS_MAPPINGS:
             raise RuntimeError(f"MotionKit node {_name} is defined twice")
+    for _cls in _module.NODE_CLASS_MAPPINGS.values():
+        # every node function leaves the host's inference mode the same way (see host.node_function)
+        setattr(_cls, _cls.FUNCTION, node_function(getattr(_cls, _cls.FUNCTION)))
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

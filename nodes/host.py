@@ -18,6 +18,7 @@ functions that have been stable for years (reference/comfyui_host_and_ecosystem.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from motion_core.errors import Cancelled, InputError, ModelLoadError
 
@@ -354,6 +355,57 @@ def free_host_memory() -> None:
         return
     model_management.unload_all_models()
     model_management.soft_empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ grad mode
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def ordinary_tensors(value: Any) -> Any:
+    """``value`` with every inference tensor in it (also inside lists, tuples and dicts, as in CONDITIONING
+    or LATENT) replaced by an ordinary copy; anything else is returned as it is."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, list):
+        return [ordinary_tensors(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(ordinary_tensors(v) for v in value)
+    if isinstance(value, dict):
+        return {k: ordinary_tensors(v) for k, v in value.items()}
+    return value
+
+
+def node_function(function: _Fn) -> _Fn:
+    """Wrap a node's ``FUNCTION`` so that MotionKit may use autograd inside the host.
+
+    ComfyUI runs every prompt under ``torch.inference_mode()`` (``execution.py``), which
+    ``torch.enable_grad()`` does not leave, and every tensor created there is an *inference tensor* that
+    autograd refuses to save for backward. Our node functions therefore run under
+    ``inference_mode(False)`` + ``no_grad()``: everything MotionKit creates -- the weights a loader makes
+    (which the host caches and hands to later prompts), latents, representations, adapters -- is an
+    ordinary tensor, and ``motion_core`` switches autograd on exactly where it needs it (the trainer, the
+    guidance energy, the activation probe). Inference tensors that come from other nodes (IMAGE, MASK,
+    LATENT, CONDITIONING) are copied once here. ``no_grad`` keeps the speed of inference mode for the rest
+    (``bench/bench_grad_mode.py`` measures the two side by side).
+
+    Applied to every node class by ``nodes/__init__.py``: one mechanism, not a patch per node.
+    """
+    if getattr(function, "__motionkit_node_function__", False):
+        return function
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode(False), torch.no_grad():
+            args = tuple(ordinary_tensors(a) for a in args)
+            kwargs = {k: ordinary_tensors(v) for k, v in kwargs.items()}
+            return function(*args, **kwargs)
+
+    wrapper.__motionkit_node_function__ = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------ progress

@@ -12,7 +12,8 @@ validation (``validate_prompt``)
 execution
     only nodes reachable from output nodes, dependencies first; ``FUNCTION`` called on a fresh instance
     with inputs as keyword arguments (optional inputs only when given, hidden ``PROMPT``/``UNIQUE_ID``/
-    ``EXTRA_PNGINFO`` when declared); the result is a tuple, or a dict with ``"result"`` and/or ``"ui"``,
+    ``EXTRA_PNGINFO`` when declared) inside ``torch.inference_mode()``, as the host runs every prompt (so
+    a node that needs autograd fails here as it would in ComfyUI); the result is a tuple, or a dict with ``"result"`` and/or ``"ui"``,
     and must have one value per ``RETURN_TYPES`` entry. Outputs of non-output nodes are cached between
     runs of one :class:`Executor` by input signature plus ``IS_CHANGED``, like the host's default cache
     (output nodes always run here).
@@ -348,7 +349,8 @@ class Executor:
                 raise NotImplementedError(f"{node['class_type']}: {flag} is not supported by the test executor")
         fn = getattr(cls(), cls.FUNCTION)
         try:
-            ret = fn(**kwargs)
+            with torch.inference_mode():  # as execution.py runs every prompt
+                ret = fn(**kwargs)
         except Exception as exc:
             raise NodeExecutionError(nid, node["class_type"], exc) from exc
         ui = None

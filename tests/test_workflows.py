@@ -300,11 +300,12 @@ class _Widgets:
 
 
 def test_widget_plan_skips_sockets_and_counts_extra_values():
-    assert widget_plan(_Widgets) == [("video", 0, 1), ("seed", 1, 0), ("text", 0, 0), ("strength", 0, 0)]
+    # the upload button's value follows the last *required* widget (frontend 1.27: Comfy.UploadImage)
+    assert widget_plan(_Widgets) == [("video", 0, 0), ("seed", 1, 0), ("text", 0, 1), ("strength", 0, 0)]
 
 
 @pytest.mark.parametrize("values, expected", [
-    (["b.mp4", "image", 7, "randomize", "hi", 0.5], {"video": "b.mp4", "seed": 7, "text": "hi", "strength": 0.5}),
+    (["b.mp4", 7, "randomize", "hi", "image", 0.5], {"video": "b.mp4", "seed": 7, "text": "hi", "strength": 0.5}),
     (["b.mp4", 7, "fixed", "hi", 0.5], {"video": "b.mp4", "seed": 7, "text": "hi", "strength": 0.5}),
     (["b.mp4", 7, "fixed", "hi"], {"video": "b.mp4", "seed": 7, "text": "hi"}),  # older: strength defaults
     ({"video": "a.mp4", "seed": 2}, {"video": "a.mp4", "seed": 2}),
@@ -315,7 +316,7 @@ def test_widgets_values_map_positionally(values, expected):
 
 def test_too_many_widget_values_is_an_error():
     with pytest.raises(WorkflowError, match="newer version"):
-        map_widgets_values(_Widgets, ["b.mp4", "image", 7, "fixed", "hi", 0.5, "extra"], "n")
+        map_widgets_values(_Widgets, ["b.mp4", 7, "fixed", "hi", "image", 0.5, "extra"], "n")
 
 
 def test_ui_to_api_follows_links_reroutes_bypass_and_skips_virtual_nodes():
@@ -324,7 +325,7 @@ def test_ui_to_api_follows_links_reroutes_bypass_and_skips_virtual_nodes():
         "nodes": [
             {"id": 1, "type": "MotionKitLoadReferenceVideo", "mode": 0, "inputs": [],
              "outputs": [{"name": "frames", "type": "IMAGE", "links": [1]}],
-             "widgets_values": ["a.mp4", "image", 8, 0, 0, 0, 0]},
+             "widgets_values": ["a.mp4", 8, 0, 0, 0, 0, "image"]},
             {"id": 2, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}],
              "outputs": [{"name": "", "type": "IMAGE", "links": [2]}]},
             {"id": 3, "type": "W", "mode": 4,  # bypassed: its IMAGE input passes through
@@ -339,7 +340,7 @@ def test_ui_to_api_follows_links_reroutes_bypass_and_skips_virtual_nodes():
             {"id": 5, "type": "MotionKitLoadReferenceVideo", "mode": 0, "inputs": [],
              "outputs": [{"name": "frames", "type": "IMAGE"}, {"name": "fps", "type": "FLOAT"},
                          {"name": "frame_count", "type": "INT", "links": [4, 5]}],
-             "widgets_values": ["b.mp4", "image", 8, 0, 0, 0, 0]},
+             "widgets_values": ["b.mp4", 8, 0, 0, 0, 0, "image"]},
             {"id": 6, "type": "Note", "mode": 0, "widgets_values": ["hello"]},
             {"id": 7, "type": "PreviewImage", "mode": 2, "inputs": [{"name": "images", "type": "IMAGE", "link": None}],
              "widgets_values": []},

@@ -7,9 +7,11 @@ ComfyUI has no backend converter: the frontend does this. We do what it does for
 * an INT widget with ``control_after_generate`` (and, as the frontend does, any INT named ``seed`` or
   ``noise_seed``) is followed in ``widgets_values`` by the control mode (``"fixed"``, ``"randomize"``...),
   which is not an input;
-* a combo with ``image_upload``/``video_upload``/``audio_upload`` gets an upload button whose placeholder
-  value (``"image"``) some frontend versions store after the combo's value and others do not: both are
-  accepted (decided by the length of ``widgets_values``);
+* a *required* combo with ``image_upload``/``video_upload``/``animated_image_upload`` gets an upload
+  button: the frontend (1.27, extension ``Comfy.UploadImage``) appends an ``upload`` input to the
+  *required* inputs, so the button's value (``"image"``) is saved after the last required widget and
+  before the optional ones; a workflow without it (older frontends) is accepted too (decided by the
+  length of ``widgets_values``);
 * a saved workflow with *fewer* values than widgets predates the trailing inputs: they keep their
   defaults (that is why new inputs go at the end);
 * socket inputs and widgets converted to inputs take their value from the link ending at them
@@ -24,13 +26,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from executor import all_inputs, input_kind, is_widget, spec_options
+from executor import all_inputs, input_kind, is_link, is_widget, spec_options
 
 VIRTUAL_NOTES = {"Note", "MarkdownNote"}
 REROUTE = "Reroute"
 PRIMITIVE = "PrimitiveNode"
 MODE_MUTED, MODE_BYPASS = 2, 4
-UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 SEED_NAMES = ("seed", "noise_seed")
 
 
@@ -52,17 +54,48 @@ def _links(workflow: dict) -> dict[int, dict]:
 
 
 def widget_plan(cls: type) -> list[tuple[str, int, int]]:
-    """(widget input name, control values after it, upload values after it) in ``widgets_values`` order."""
+    """(widget input name, control values after it, upload values after it) in ``widgets_values`` order.
+
+    The upload button's value follows the last *required* widget (see the module docstring)."""
     plan = []
-    for name, (_section, spec) in all_inputs(cls).items():
+    declared = all_inputs(cls)
+    has_upload = any(section == "required" and input_kind(spec) == "COMBO"
+                     and any(spec_options(spec).get(f) for f in UPLOAD_FLAGS)
+                     for section, spec in declared.values())
+    last_required = None
+    for name, (section, spec) in declared.items():
         if not is_widget(spec):
             continue
         opts = spec_options(spec)
-        kind = input_kind(spec)
-        control = 1 if kind == "INT" and (opts.get("control_after_generate") or name in SEED_NAMES) else 0
-        upload = 1 if kind == "COMBO" and any(opts.get(f) for f in UPLOAD_FLAGS) else 0
-        plan.append((name, control, upload))
-    return plan
+        control = 1 if input_kind(spec) == "INT" and (opts.get("control_after_generate") or name in SEED_NAMES) else 0
+        plan.append([name, control, 0])
+        if section == "required":
+            last_required = len(plan) - 1
+    if has_upload and last_required is not None:
+        plan[last_required][2] = 1
+    return [tuple(entry) for entry in plan]
+
+
+def ui_classes_from_object_info(object_info: dict) -> dict[str, type]:
+    """Node classes as the frontend sees them, from a live host's ``/object_info``: each has the
+    ``INPUT_TYPES`` (in the declared ``input_order``), ``RETURN_TYPES`` and ``OUTPUT_NODE`` the converter
+    reads, so workflows with any installed pack's nodes convert exactly as the frontend converts them."""
+    classes: dict[str, type] = {}
+    for name, info in object_info.items():
+        declared = info.get("input") or {}
+        order = info.get("input_order") or {}
+        inputs: dict[str, dict] = {}
+        for section in ("required", "optional", "hidden"):
+            specs = declared.get(section) or {}
+            names = list(order.get(section) or []) + [n for n in specs if n not in (order.get(section) or [])]
+            inputs[section] = {n: tuple(specs[n]) for n in names if n in specs}
+        classes[name] = type(name, (), {
+            "INPUT_TYPES": classmethod(lambda cls, _inputs=inputs: _inputs),
+            "RETURN_TYPES": tuple(t if isinstance(t, str) else "COMBO" for t in info.get("output") or ()),
+            "OUTPUT_NODE": bool(info.get("output_node")),
+            "FUNCTION": "",
+        })
+    return classes
 
 
 def map_widgets_values(cls: type, values: list | dict, node_label: str) -> dict[str, Any]:

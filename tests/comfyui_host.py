@@ -1,0 +1,432 @@
+"""Run MotionKit's shipped workflows in the real ComfyUI, as a user runs them (``../shared/HOST.md``).
+
+    python tests/comfyui_host.py --comfyui ../shared/comfyui --packs ../shared/comfyui_custom_nodes/* \\
+        [--work DIR] [--only NAME ...] [--timeout 600]
+
+Run it with the *host's* Python (a venv with ComfyUI's requirements and the pack's, see ``.ci/run``). It
+
+1. copies ComfyUI into a temporary folder and puts the pack under test (this checkout, as
+   ``custom_nodes/comfyui-motionkit``) and the other packs beside it in ``custom_nodes``;
+2. writes the tiny test models under the model names the workflows use, in ComfyUI's own model folders
+   (``models/diffusers``, ``models/controlnet``), and the reference clips / images they name into the
+   input folder;
+3. starts the server on 127.0.0.1 as users start it, loading only these packs
+   (``--disable-all-custom-nodes --whitelist-custom-nodes``);
+4. fails when the log shows an import failure of the pack or a node of ``tests/golden/node_schema.json``
+   is missing from ``/object_info``;
+5. for every workflow in ``workflows/`` (those that load what another one writes go last): converts it
+   from UI to API format as the frontend does, from the server's own ``/object_info``; lowers sizes,
+   frame counts and steps (:func:`shrink`); posts it to ``/prompt``; waits on ``/history``; and fails if
+   it is refused, errors, times out, or writes no output file.
+
+It prints one line per workflow (seconds, files written) and exits non-zero on any failure. Nothing
+here is part of the pack: it is a test tool, so it may start processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from workflow_convert import is_link, ui_to_api, ui_classes_from_object_info  # noqa: E402
+
+PACK_NAME = "comfyui-motionkit"
+#: what of this checkout is not copied into custom_nodes (build outputs, standalone folders, venvs)
+PACK_IGNORE = (".git", ".venv", ".venv-ci", "models", "input", "output", "tmp", "out", "__pycache__",
+               "*.egg-info", ".pytest_cache")
+
+#: model names the shipped workflows use -> the tiny model that stands in for them
+TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "zeroscope_v2_576w": ("unet3d", {}),
+    "animatediff_v3_sd15": ("animatediff", {"four_level": True}),  # v3-like: no mid-block motion module
+    "wan2.1_t2v_1.3b_diffusers": ("wan", {"variant": "2.1"}),
+    "Wan2.1-T2V-1.3B-Diffusers": ("wan", {"variant": "2.1"}),
+}
+#: SparseCtrl folder names the workflows use -> kind (built for the tiny AnimateDiff)
+TINY_SPARSECTRL = {"animatediff-sparsectrl-rgb": "rgb", "animatediff-sparsectrl-scribble": "scribble"}
+
+#: per model family: (width = height, frames) the workflows are lowered to
+SMALL = {"unet3d": (32, 8), "animatediff": (64, 8), "wan": (32, 5)}
+#: inputs lowered in every MotionKit node that has them (training and sampling steps, inversions, previews)
+FEW_STEPS = {"steps": 2, "preview_steps": 2, "noise_prior_steps": 2, "inversion_steps": 2}
+
+
+# ------------------------------------------------------------------------------------------ the host
+def prepare_host(work: Path, comfyui: Path, packs: list[Path]) -> Path:
+    """A copy of ComfyUI under ``work`` with this checkout and ``packs`` in its custom_nodes."""
+    root = work / "comfyui"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(comfyui, root, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    custom = root / "custom_nodes"
+    custom.mkdir(exist_ok=True)
+    shutil.copytree(REPO, custom / PACK_NAME, ignore=shutil.ignore_patterns(*PACK_IGNORE))
+    for pack in packs:
+        shutil.copytree(pack, custom / pack.name, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    for kind in ("diffusers", "controlnet", "motion_adapters", "animatediff_motion_lora", "loras"):
+        (root / "models" / kind).mkdir(parents=True, exist_ok=True)
+    for folder in ("input", "output", "temp", "user"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A ComfyUI server started from ``root`` with its folders under ``work``."""
+
+    root: Path
+    work: Path
+    packs: list[str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "comfyui.log"
+
+    def start(self, timeout: float = 180.0) -> None:
+        w = self.work
+        command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                   "--disable-auto-launch", "--output-directory", str(w / "output"),
+                   "--input-directory", str(w / "input"), "--temp-directory", str(w / "temp"),
+                   "--user-directory", str(w / "user"), "--database-url", f"sqlite:///{w / 'comfyui.db'}",
+                   "--disable-all-custom-nodes", "--whitelist-custom-nodes", *self.packs]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)  # the host imports the pack as a user's ComfyUI does, from custom_nodes
+        log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode} while starting:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/KSampler", timeout=5)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(1.0)
+        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def get(self, path: str, timeout: float = 30.0) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+
+    def post_prompt(self, prompt: dict) -> str:
+        body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode("utf-8")
+        request = urllib.request.Request(self.url + "/prompt", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read().decode("utf-8"))["prompt_id"]
+        except urllib.error.HTTPError as exc:  # 400: validation failed, node_errors says why
+            detail = exc.read().decode("utf-8", errors="replace")
+            raise WorkflowFailed(f"refused by /prompt ({exc.code}): {detail[:4000]}") from None
+
+    def wait(self, prompt_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise WorkflowFailed(f"ComfyUI died (exit {self.process.returncode}):\n{self.log_tail()}")
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"].get("status_str") in ("success", "error")):
+                return entry
+            time.sleep(1.0)
+        self.interrupt()
+        raise WorkflowFailed(f"timed out after {timeout:.0f} s")
+
+    def interrupt(self) -> None:
+        request = urllib.request.Request(self.url + "/interrupt", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except OSError:
+            pass
+
+
+class WorkflowFailed(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ checks
+def pack_import_problems(log_text: str) -> list[str]:
+    """Lines of the host's log that say the pack failed to import (ComfyUI prints 'IMPORT FAILED')."""
+    return [line for line in log_text.splitlines() if "IMPORT FAILED" in line and PACK_NAME in line]
+
+
+def missing_nodes(object_info: dict) -> list[str]:
+    """Nodes the golden schema declares that the live host does not list."""
+    golden = json.loads((REPO / "tests" / "golden" / "node_schema.json").read_text(encoding="utf-8"))
+    return sorted(set(golden) - set(object_info))
+
+
+# ------------------------------------------------------------------------------------------ models and inputs
+def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
+    """Tiny models under every model name the workflows' MotionKit loaders use; returns the names."""
+    from motion_core.tiny import build_tiny_model, build_tiny_sparsectrl
+
+    built: dict[tuple, Path] = {}
+
+    def tiny(family: str, options: dict) -> Path:
+        key = (family, tuple(sorted(options.items())))
+        if key not in built:
+            built[key] = build_tiny_model(family, work / "tiny" / "-".join(map(str, key[0:1] + key[1])), seed=0,
+                                          **options)
+        return built[key]
+
+    names = []
+    for wf in workflows:
+        for node in wf["nodes"]:
+            values = node.get("widgets_values") or []
+            if node["type"] == "MotionKitLoadVideoModel" and values:
+                name = values[0]
+                if name not in TINY_MODELS:
+                    raise SystemExit(f"workflow model '{name}' has no tiny stand-in: add it to TINY_MODELS")
+                target = root / "models" / "diffusers" / name
+                if not target.exists():
+                    target.symlink_to(tiny(*TINY_MODELS[name]), target_is_directory=True)
+                names.append(name)
+            if node["type"] == "MotionKitLoadSparseCtrl" and values and values[0] in TINY_SPARSECTRL:
+                target = root / "models" / "controlnet" / values[0]
+                if not target.exists():
+                    build_tiny_sparsectrl(target, tiny(*TINY_MODELS["animatediff_v3_sd15"]),
+                                          kind=TINY_SPARSECTRL[values[0]])
+                names.append(values[0])
+    return sorted(set(names))
+
+
+def provide_inputs(input_dir: Path, prompt: dict, families: dict[str, str]) -> None:
+    """The reference clips and images a prompt names, written as the synthetic moving square."""
+    from PIL import Image
+
+    from motion_core.video import moving_square_frames, write_moving_square_video
+
+    for nid, node in prompt.items():
+        inputs, kind = node["inputs"], node["class_type"]
+        size, frames = SMALL[families.get(nid, "unet3d")]
+        if kind in ("MotionKitLoadReferenceVideo", "VHS_LoadVideo", "LoadVideo"):
+            name = inputs.get("video") or inputs.get("file")
+            fps = float(inputs.get("fps") or inputs.get("force_rate") or 8.0) or 8.0
+            if isinstance(name, str) and not (input_dir / name).exists():
+                write_moving_square_video(input_dir / name, num_frames=3 * frames + 4, fps=fps, width=size,
+                                          height=size, square=max(4, size // 4), velocity=(1, 0), start=(2, size // 3))
+        if kind == "LoadImage" and isinstance(inputs.get("image"), str) and not (input_dir / inputs["image"]).exists():
+            first = moving_square_frames(1, width=size, height=size, square=max(4, size // 4))[0]
+            Image.fromarray((first.numpy() * 255).round().astype("uint8")).save(input_dir / inputs["image"])
+
+
+# ------------------------------------------------------------------------------------------ lowering
+def model_families(prompt: dict) -> dict[str, str]:
+    """Node id -> family of the tiny model it works with (through its MOTION_MODEL links)."""
+    cache: dict[str, str] = {}
+
+    def family(nid: str, seen: frozenset = frozenset()) -> str | None:
+        if nid in cache:
+            return cache[nid]
+        node = prompt[nid]
+        if node["class_type"] == "MotionKitLoadVideoModel":
+            found = TINY_MODELS.get(node["inputs"].get("model"), ("unet3d", {}))[0]
+        else:
+            found = None
+            for value in node["inputs"].values():
+                if is_link(value) and value[0] in prompt and value[0] not in seen:
+                    found = family(value[0], seen | {nid})
+                    if found:
+                        break
+        if found:
+            cache[nid] = found
+        return found
+
+    out = {}
+    for nid in prompt:
+        f = family(nid)
+        if f:
+            out[nid] = f
+    # nodes upstream of a model node (reference loaders) take the family of what they feed
+    for nid, node in prompt.items():
+        for value in node["inputs"].values():
+            if is_link(value) and value[0] in prompt and value[0] not in out and nid in out:
+                out[value[0]] = out[nid]
+    return out
+
+
+def shrink(prompt: dict, families: dict[str, str]) -> dict:
+    """The same graph at tiny sizes: every MotionKit node's width/height/frames and step counts lowered
+    (a 0 that means "the model's own size" or "every frame" stays 0); everything else as saved."""
+    for nid, node in prompt.items():
+        inputs, kind = node["inputs"], node["class_type"]
+        if not kind.startswith("MotionKit") and kind != "VHS_LoadVideo":
+            continue
+        size, frames = SMALL[families.get(nid, "unet3d")]
+        for name in ("width", "height", "custom_width", "custom_height"):
+            if isinstance(inputs.get(name), int) and inputs[name]:
+                inputs[name] = size
+        for name in ("frames", "frame_load_cap"):
+            if isinstance(inputs.get(name), int) and inputs[name]:
+                inputs[name] = frames
+        for name, value in FEW_STEPS.items():
+            if isinstance(inputs.get(name), int) and inputs[name]:
+                inputs[name] = value
+        if isinstance(inputs.get("preview_every"), int) and inputs["preview_every"]:
+            inputs["preview_every"] = FEW_STEPS["steps"]
+        if isinstance(inputs.get("checkpoint_every"), int) and inputs["checkpoint_every"]:
+            inputs["checkpoint_every"] = 1
+        if kind == "MotionKitApplyMotionClone":
+            inputs.update(guided_steps=1, warm_up=0, cool_down=0)
+    return prompt
+
+
+def run_order(paths: list[Path]) -> list[Path]:
+    """Workflows that only load what another one writes (a motion adapter, a representation, an exported
+    LoRA) run after the others."""
+    loaders = ("MotionKitLoadMotionAdapter", "MotionKitLoadMotionRepresentation", "ADE_AnimateDiffLoRALoader")
+
+    def consumer(path: Path) -> bool:
+        wf = json.loads(path.read_text(encoding="utf-8"))
+        return any(n["type"] in loaders and n.get("mode", 0) == 0 for n in wf["nodes"])
+
+    return sorted(paths, key=lambda p: (consumer(p), p.name))
+
+
+def output_files(entry: dict, work: Path) -> list[Path]:
+    """Files the output nodes of a finished prompt report, that exist."""
+    found = []
+    for out in (entry.get("outputs") or {}).values():
+        for key in ("images", "gifs", "videos", "animated", "audio"):
+            for item in out.get(key) or []:
+                if isinstance(item, dict) and "filename" in item:
+                    base = work / ("temp" if item.get("type") == "temp" else item.get("type", "output"))
+                    path = base / item.get("subfolder", "") / item["filename"]
+                    if item.get("type") == "temp" and not path.exists():
+                        path = work / "temp" / "temp" / item.get("subfolder", "") / item["filename"]
+                    if path.is_file():
+                        found.append(path)
+    return found
+
+
+def error_of(entry: dict) -> str:
+    for kind, data in (entry.get("status") or {}).get("messages") or []:
+        if kind == "execution_error":
+            return (f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: "
+                    f"{data.get('exception_message')}\n" + "".join(data.get("traceback") or [])[-3000:])
+    return json.dumps(entry.get("status"))[:2000]
+
+
+def run_workflow(server: Server, path: Path, object_info: dict, timeout: float) -> tuple[float, list[Path]]:
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    prompt = ui_to_api(wf, ui_classes_from_object_info(object_info))
+    families = model_families(prompt)
+    shrink(prompt, families)
+    provide_inputs(server.work / "input", prompt, families)
+    (server.work / "prompts").mkdir(exist_ok=True)
+    (server.work / "prompts" / path.name).write_text(json.dumps(prompt, indent=1), encoding="utf-8")
+    started = time.monotonic()
+    before = {p for p in (server.work / "output").rglob("*") if p.is_file()}
+    entry = server.wait(server.post_prompt(prompt), timeout)
+    seconds = time.monotonic() - started
+    if entry["status"].get("status_str") != "success":
+        raise WorkflowFailed(error_of(entry))
+    files = [p for p in output_files(entry, server.work) if p not in before]
+    written = [p for p in (server.work / "output").rglob("*") if p.is_file() and p not in before]
+    if not files and not written:
+        raise WorkflowFailed("finished but wrote no output file")
+    return seconds, sorted(set(files) | set(written))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfyui", type=Path, default=REPO.parent / "shared" / "comfyui")
+    parser.add_argument("--packs", type=Path, nargs="*", default=sorted(
+        (REPO.parent / "shared" / "comfyui_custom_nodes").glob("*")))
+    parser.add_argument("--work", type=Path, default=None, help="keep everything here (default: a temp folder)")
+    parser.add_argument("--only", nargs="*", default=None, help="workflow file names (default: all)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per workflow")
+    args = parser.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="motionkit-host-"))
+    work.mkdir(parents=True, exist_ok=True)
+    paths = sorted((REPO / "workflows").glob("*.json"))
+    if args.only:
+        paths = [p for p in paths if p.name in args.only or p.stem in args.only]
+    paths = run_order(paths)
+    print(f"== ComfyUI from {args.comfyui} in {work}; packs: {PACK_NAME} + {', '.join(p.name for p in args.packs)}",
+          flush=True)
+    root = prepare_host(work, args.comfyui, args.packs)
+    names = provide_models(root, [json.loads(p.read_text(encoding="utf-8")) for p in paths], work)
+    print(f"== tiny models as: {', '.join(names)}", flush=True)
+    server = Server(root, work, [PACK_NAME] + [p.name for p in args.packs])
+    failures: list[str] = []
+    try:
+        started = time.monotonic()
+        server.start()
+        print(f"== ComfyUI answers on {server.url} after {time.monotonic() - started:.1f} s", flush=True)
+        object_info = server.get("/object_info", timeout=120)
+        problems = pack_import_problems(server.log_path.read_text(encoding="utf-8", errors="replace"))
+        if problems:
+            failures.append("pack import failed: " + "; ".join(problems))
+        missing = missing_nodes(object_info)
+        if missing:
+            failures.append(f"declared nodes missing from /object_info: {', '.join(missing)}")
+        for path in paths:
+            try:
+                seconds, files = run_workflow(server, path, object_info, args.timeout)
+            except WorkflowFailed as exc:
+                failures.append(f"{path.name}: {exc}")
+                print(f"FAIL {path.name}: {exc}", flush=True)
+                continue
+            shown = ", ".join(str(f.relative_to(work)) for f in files[:6]) + (" ..." if len(files) > 6 else "")
+            print(f"ok   {path.name}: {seconds:.1f} s, {len(files)} files: {shown}", flush=True)
+    finally:
+        server.stop()
+    if failures:
+        print(f"\n{len(failures)} problem(s) in the real host; its log: {server.log_path}", flush=True)
+        print(server.log_tail(40))
+        for failure in failures:
+            print(f"  - {failure.splitlines()[0]}")
+        return 1
+    print(f"== {len(paths)} workflows ran in the real ComfyUI", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
