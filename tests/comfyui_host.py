@@ -58,6 +58,13 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "wan2.1_t2v_1.3b_diffusers": ("wan", {"variant": "2.1"}),
     "Wan2.1-T2V-1.3B-Diffusers": ("wan", {"variant": "2.1"}),
 }
+#: full-size stand-ins (random weights) where another pack's loader accepts only the real architecture:
+#: AnimateDiff-Evolved's motion-module loader fixes SD1.5's widths (HOST.md), so the AnimateDiff-Evolved
+#: workflows get an SD1.5 (UNet, VAE, CLIP-L) + AnimateDiff v3 motion module at their real sizes.
+FULL_SD15 = "stable-diffusion-v1-5"
+FULL_MOTION_ADAPTER = "animatediff-motion-adapter-v1-5-3"
+FULL_AD_MOTION_MODULE = "v3_sd15_mm.ckpt"
+TINY_MODELS[FULL_SD15] = ("animatediff", {"full_size": True})
 #: SparseCtrl folder names the workflows use -> kind (built for the tiny AnimateDiff)
 TINY_SPARSECTRL = {"animatediff-sparsectrl-rgb": "rgb", "animatediff-sparsectrl-scribble": "scribble"}
 
@@ -208,6 +215,8 @@ def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
     built: dict[tuple, Path] = {}
 
     def tiny(family: str, options: dict) -> Path:
+        if options.get("full_size"):
+            return build_full_size_animatediff(root)
         key = (family, tuple(sorted(options.items())))
         if key not in built:
             built[key] = build_tiny_model(family, work / "tiny" / "-".join(map(str, key[0:1] + key[1])), seed=0,
@@ -223,8 +232,9 @@ def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
                 if name not in TINY_MODELS:
                     raise SystemExit(f"workflow model '{name}' has no tiny stand-in: add it to TINY_MODELS")
                 target = root / "models" / "diffusers" / name
+                folder = tiny(*TINY_MODELS[name])
                 if not target.exists():
-                    target.symlink_to(tiny(*TINY_MODELS[name]), target_is_directory=True)
+                    target.symlink_to(folder, target_is_directory=True)
                 names.append(name)
             if node["type"] == "MotionKitLoadSparseCtrl" and values and values[0] in TINY_SPARSECTRL:
                 target = root / "models" / "controlnet" / values[0]
@@ -233,6 +243,79 @@ def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
                                           kind=TINY_SPARSECTRL[values[0]])
                 names.append(values[0])
     return sorted(set(names))
+
+
+def _ad_motion_module_from_diffusers(adapter_state: dict) -> dict:
+    """A diffusers ``MotionAdapter`` state dict in the original AnimateDiff layout (what AnimateDiff-Evolved
+    loads from ``models/animatediff_models``): the inverse of diffusers' own
+    ``convert_animatediff_checkpoint_to_diffusers``, which the caller checks by converting back."""
+    import re
+
+    out = {}
+    for key, value in adapter_state.items():
+        name = re.sub(r"\.motion_modules\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", key)
+        if name.endswith(".pos_embed.pe"):  # one sinusoidal table per attention block in the original
+            stem = name[: -len("pos_embed.pe")]
+            out[stem + "attention_blocks.0.pos_encoder.pe"] = value
+            out[stem + "attention_blocks.1.pos_encoder.pe"] = value.clone()
+            continue
+        for new, old in ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
+                         (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2")):
+            name = name.replace(old, new)
+        out[name] = value
+    return out
+
+
+def build_full_size_animatediff(root: Path) -> Path:
+    """Random-weight SD1.5 (UNet, VAE, CLIP-L: their real configs) as a diffusers folder in models/diffusers,
+    an AnimateDiff v3 MotionAdapter folder beside it, and the same motion module in the original layout in
+    models/animatediff_models (fp16 files). Built once; returns the SD1.5 folder."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from motion_core.tiny import write_tiny_clip_tokenizer
+
+    sd = root / "models" / "diffusers" / FULL_SD15
+    adapter_dir = root / "models" / "diffusers" / FULL_MOTION_ADAPTER
+    mm_file = root / "models" / "animatediff_models" / FULL_AD_MOTION_MODULE
+    if (sd / "model_index.json").is_file() and mm_file.is_file():
+        return sd
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel()  # diffusers' defaults are SD1.x: 320/640/1280/1280, context 768
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, max_position_embeddings=77,
+                                                vocab_size=49408, projection_dim=768, hidden_act="quick_gelu"))
+    adapter = MotionAdapter(use_motion_mid_block=False)  # v3: no mid-block motion module
+    with torch.no_grad():  # the zero-initialised output projections would make the motion modules no-ops
+        for p in adapter.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    for name, module in (("unet", unet), ("vae", vae)):
+        module.to(torch.float16).save_pretrained(sd / name, safe_serialization=True)
+    text_encoder.to(torch.float16).save_pretrained(sd / "text_encoder", safe_serialization=True)
+    write_tiny_clip_tokenizer(sd / "tokenizer")
+    DDIMScheduler(beta_schedule="linear", clip_sample=False, steps_offset=1).save_pretrained(sd / "scheduler")
+    (sd / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.35.0",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False},
+        indent=2), encoding="utf-8")
+    adapter = adapter.to(torch.float16)
+    adapter.save_pretrained(adapter_dir, safe_serialization=True)
+    original = _ad_motion_module_from_diffusers(adapter.state_dict())
+    back = convert_animatediff_checkpoint_to_diffusers(original)
+    expected = {k for k in adapter.state_dict() if not k.endswith("pos_embed.pe")}
+    if set(back) != expected:
+        raise SystemExit(f"motion module layout conversion is not diffusers' inverse: {sorted(set(back) ^ expected)[:5]}")
+    mm_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in original.items()}, mm_file)  # a plain tensor dict: weights_only
+    return sd
 
 
 def provide_inputs(input_dir: Path, prompt: dict, families: dict[str, str]) -> None:
@@ -292,9 +375,15 @@ def model_families(prompt: dict) -> dict[str, str]:
 
 def shrink(prompt: dict, families: dict[str, str]) -> dict:
     """The same graph at tiny sizes: every MotionKit node's width/height/frames and step counts lowered
-    (a 0 that means "the model's own size" or "every frame" stays 0); everything else as saved."""
+    (a 0 that means "the model's own size" or "every frame" stays 0), and the same for the core sampling
+    nodes of the other packs' workflows; everything else as saved."""
     for nid, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
+        if kind in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = FEW_STEPS["steps"]
+        if kind == "EmptyLatentImage":
+            size, frames = SMALL["animatediff"]
+            inputs.update(width=size, height=size, batch_size=frames)
         if not kind.startswith("MotionKit") and kind != "VHS_LoadVideo":
             continue
         size, frames = SMALL[families.get(nid, "unet3d")]
@@ -328,6 +417,14 @@ def run_order(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: (consumer(p), p.name))
 
 
+def ade_motion_loras(path: Path) -> list[tuple[str, str]]:
+    """(motion LoRA, motion module) pairs an AnimateDiff-Evolved workflow loads together."""
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    loras = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "ADE_AnimateDiffLoRALoader"]
+    modules = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "ADE_AnimateDiffLoaderGen1"]
+    return [(lora, module) for lora in loras for module in modules]
+
+
 def output_files(entry: dict, work: Path) -> list[Path]:
     """Files the output nodes of a finished prompt report, that exist."""
     found = []
@@ -350,6 +447,51 @@ def error_of(entry: dict) -> str:
             return (f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: "
                     f"{data.get('exception_message')}\n" + "".join(data.get("traceback") or [])[-3000:])
     return json.dumps(entry.get("status"))[:2000]
+
+
+#: run by the host's Python inside the ComfyUI copy: AnimateDiff-Evolved's own code turns the LoRA file into
+#: patches (load_motion_lora_as_patches) for the motion module it builds from the motion-module file
+#: (normalize_ad_state_dict + AnimateDiffModel, on the meta device); prints the patch keys that match no weight.
+_ADE_KEY_CHECK = r"""
+import importlib.util, json, sys
+import torch
+sys.path.insert(0, ".")
+import comfy.utils, folder_paths
+pack = "custom_nodes/ComfyUI-AnimateDiff-Evolved"
+spec = importlib.util.spec_from_file_location("ade", pack + "/__init__.py", submodule_search_locations=[pack])
+ade = importlib.util.module_from_spec(spec); sys.modules["ade"] = ade; spec.loader.exec_module(ade)
+from ade.animatediff.model_injection import load_motion_lora_as_patches
+from ade.animatediff.motion_lora import MotionLoraInfo
+from ade.animatediff.motion_module_ad import AnimateDiffModel, normalize_ad_state_dict
+lora_name, mm_name = sys.argv[1], sys.argv[2]
+state = comfy.utils.load_torch_file(folder_paths.get_full_path("animatediff_models", mm_name), safe_load=True)
+state, info = normalize_ad_state_dict(mm_state_dict=state, mm_name=mm_name)
+with torch.device("meta"):
+    model = AnimateDiffModel(mm_state_dict=state, mm_info=info)
+weights = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+class Recorder:
+    def __init__(self, model): self.model, self.patches = model, {}
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0): self.patches.update(patches)
+recorder = Recorder(model)
+load_motion_lora_as_patches(recorder, MotionLoraInfo(name=lora_name, strength=1.0))
+unmatched = sorted(k for k in recorder.patches if k not in weights)
+wrong = sorted(k for k, (delta,) in recorder.patches.items() if k in weights and tuple(delta.shape) != weights[k])
+print(json.dumps({"patches": len(recorder.patches), "unmatched": unmatched, "wrong_shape": wrong,
+                  "motion_module": info.mm_version, "weights": len(weights)}))
+"""
+
+
+def ade_lora_key_check(root: Path, lora_name: str, mm_name: str) -> dict:
+    """AnimateDiff-Evolved's own verdict on a motion LoRA file: how many patches its loader makes and which of
+    them match no weight (or the wrong shape) of the motion module -- ADE drops those silently."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", _ADE_KEY_CHECK, lora_name, mm_name], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise WorkflowFailed(f"AnimateDiff-Evolved key check failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def run_workflow(server: Server, path: Path, object_info: dict, timeout: float) -> tuple[float, list[Path]]:
@@ -416,6 +558,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             shown = ", ".join(str(f.relative_to(work)) for f in files[:6]) + (" ..." if len(files) > 6 else "")
             print(f"ok   {path.name}: {seconds:.1f} s, {len(files)} files: {shown}", flush=True)
+            for name, mm in ade_motion_loras(path):
+                report = ade_lora_key_check(root, name, mm)
+                print(f"     AnimateDiff-Evolved on {name} + {mm} ({report['motion_module']}): {report['patches']} "
+                      f"patches, {len(report['unmatched'])} unmatched, {len(report['wrong_shape'])} of the wrong shape",
+                      flush=True)
+                if report["unmatched"] or report["wrong_shape"] or not report["patches"]:
+                    failures.append(f"{path.name}: ADE does not apply all of {name}: {report}")
     finally:
         server.stop()
     if failures:
