@@ -7,7 +7,7 @@ from pathlib import Path
 
 from motion_core.errors import InputError, VideoError
 
-from . import host
+from . import host, model_files
 
 HUB_ENTRY = "(hub id below)"
 NO_ADAPTER = "none"
@@ -26,7 +26,7 @@ class MotionKitLoadVideoModel:
         "TI2V-5B and A14B in diffusers layout). Models are folders in "
         "ComfyUI/models/diffusers; a Hugging Face hub id works too when the machine is online."
     )
-    CATEGORY = "MotionKit/loaders"
+    CATEGORY = "MotionKit/Loaders"
     FUNCTION = "load"
     RETURN_TYPES = ("MOTION_MODEL", "STRING")
     RETURN_NAMES = ("model", "info")
@@ -39,9 +39,11 @@ class MotionKitLoadVideoModel:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (host.list_diffusers_models() + [HUB_ENTRY], {
-                    "tooltip": "A model folder from ComfyUI/models/diffusers (a folder with model_index.json). "
-                               f"Choose '{HUB_ENTRY}' to load the hub id typed below instead."}),
+                "model": (model_files.list_video_models() + [HUB_ENTRY], {
+                    "tooltip": "A model folder from ComfyUI/models/diffusers whose model_index.json names a "
+                               "model MotionKit loads (UNet3D, AnimateDiff or Stable Diffusion 1.5, Wan); other "
+                               f"folders are not listed. Choose '{HUB_ENTRY}' to load the hub id typed below "
+                               "instead."}),
                 "hub_id": ("STRING", {
                     "default": "", "multiline": False,
                     "placeholder": "e.g. cerspense/zeroscope_v2_576w",
@@ -69,19 +71,29 @@ class MotionKitLoadVideoModel:
             }
         }
 
-    # Taking `model` here makes the host skip its own combo check for it (execution.validate_inputs), so a
-    # folder that vanished is reported with where we looked. Linked (non-constant) inputs arrive as None.
+    # Taking `model` and `motion_adapter` here makes the host skip its own combo check for them
+    # (execution.validate_inputs), so we check them ourselves: a folder that vanished is reported with where
+    # we looked, one of a family MotionKit cannot load says so. Linked (non-constant) inputs arrive as None.
     @classmethod
-    def VALIDATE_INPUTS(cls, model=None, hub_id=None):
+    def VALIDATE_INPUTS(cls, model=None, hub_id=None, motion_adapter=None):
+        if motion_adapter is not None and motion_adapter != NO_ADAPTER and \
+                motion_adapter not in host.list_animatediff_motion_adapters():
+            where = ", ".join(str(p) for p in host.models_dirs("diffusers"))
+            return (f"motion_adapter '{motion_adapter}' is not an AnimateDiff MotionAdapter folder in {where} "
+                    "(a folder whose config.json names MotionAdapter); pick one from the list or 'none'.")
         if model is None or hub_id is None:
             return True
         if str(hub_id).strip():
             return True
         if model == HUB_ENTRY:
             return f"Model is '{HUB_ENTRY}' but hub_id is empty: type a hub id or pick a model folder."
-        if model not in host.list_diffusers_models():
-            where = ", ".join(str(p) for p in host.models_dirs("diffusers"))
-            return f"Model folder '{model}' was not found in {where}."
+        problem = model_files.video_model_problem(model)
+        if problem is not True:
+            return problem
+        if motion_adapter == NO_ADAPTER and model_files.video_model_kind(host.diffusers_model_path(model)).family \
+                == "sd15":
+            return (f"'{model}' is a Stable Diffusion 1.5 image model: pick an AnimateDiff MotionAdapter folder in "
+                    "motion_adapter (e.g. animatediff-motion-adapter-v1-5-3) to make it a video model.")
         return True
 
     def load(self, model, hub_id, family, dtype, device, motion_adapter):
@@ -111,7 +123,7 @@ class MotionKitLoadReferenceVideo:
         "optionally re-timed to a target fps and resized + center-cropped. Any other IMAGE batch (e.g. from "
         "VideoHelperSuite or core Load Video -> Get Video Components) works as a reference too."
     )
-    CATEGORY = "MotionKit/loaders"
+    CATEGORY = "MotionKit/Loaders"
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
     RETURN_NAMES = ("frames", "fps", "frame_count")

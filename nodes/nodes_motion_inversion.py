@@ -10,22 +10,11 @@ from __future__ import annotations
 from motion_core.errors import InputError
 
 from . import host
-from .training_common import (
-    PRECISIONS,
-    checkpoint_every_input,
-    resolve_resume,
-    resume_input,
-    run_training,
-    save_name_problem,
-    training_root,
-)
+from . import training_common as common
+from .video_input import pick_reference
 
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
-MAX_SIZE = 8192
 LOSSES = ["mse", "debiased"]
 STRATEGIES = ["hybrid", "object", "camera", "vanilla"]
-
-
 
 
 class MotionKitTrainMotionEmbeddings:
@@ -53,116 +42,75 @@ class MotionKitTrainMotionEmbeddings:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MOTION_MODEL", {
-                    "tooltip": "The base video model from Load Video Model (unet3d: ZeroScope / ModelScope / "
-                               "VideoCrafter2; or animatediff). Adapters already applied to it are ignored."}),
-                "video": ("IMAGE", {
-                    "tooltip": "The reference video as an IMAGE batch (e.g. from Load Reference Video), cut into "
-                               "windows of 'frames' frames; each window is one training clip."}),
-                "prompt": ("STRING", {
-                    "default": "A car turnaround in a city street", "multiline": True,
-                    "tooltip": "What the reference video shows (the reference trains with a plain description "
-                               "of the clip)."}),
-                "steps": ("INT", {
-                    "default": 400, "min": 1, "max": 100000,
-                    "tooltip": "Training steps (reference: 400; 'under 10 minutes' on a large GPU)."}),
-                "learning_rate": ("FLOAT", {
-                    "default": 0.02, "min": 1e-7, "max": 10.0, "step": 1e-4, "round": False,
-                    "tooltip": "AdamW learning rate of the embeddings (reference: 0.02, weight decay 0.01). "
-                               "Must be > 0."}),
+                "model": common.model_input("unet3d: ZeroScope / ModelScope / VideoCrafter2; animatediff; or wan"),
+                "prompt": common.prompt_input(
+                    "A car turnaround in a city street",
+                    "What the reference video shows (the reference trains with a plain description of the clip)."),
+                "steps": common.steps_input(400, "400; 'under 10 minutes' on a large GPU"),
+                "learning_rate": common.learning_rate_input(
+                    0.02, "of the embeddings (reference: 0.02, weight decay 0.01). Must be > 0", maximum=10.0,
+                    step=1e-4),
                 "loss": (LOSSES, {
                     "default": "mse",
                     "tooltip": "mse = plain noise-prediction MSE (the reference default); debiased = MSE + "
                                "MotionDirector's appearance-debiased temporal loss (the reference suggests it "
                                "for strongly deforming objects)."}),
-                "frames": ("INT", {
-                    "default": 24, "min": 1, "max": 128,
-                    "tooltip": "Frames per training clip (reference: 24). Sampling later uses at most this many "
-                               "frames unless resampling is on in Apply Motion Adapter."}),
-                "width": ("INT", {
-                    "default": 576, "min": 8, "max": MAX_SIZE, "step": 8,
-                    "tooltip": "Training width in pixels (reference: 576 for ZeroScope). The Value embeddings are "
-                               "tied to this size: sample at the same size (or turn on resampling)."}),
-                "height": ("INT", {
-                    "default": 320, "min": 8, "max": MAX_SIZE, "step": 8,
-                    "tooltip": "Training height in pixels (reference: 320)."}),
-                "save_name": ("STRING", {
-                    "default": "motion_embeddings",
-                    "tooltip": "File name in models/motion_adapters (a plain name, no folders). An existing file "
-                               "of that name is replaced."}),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                    "tooltip": "Seed of the run (noise, timesteps, dropout). The same seed and settings give the "
-                               "same embeddings."}),
-                "resume_from": resume_input(),
+                "frames": common.frames_input(24, "(reference: 24). Sampling later uses at most this many frames "
+                                                  "unless resampling is on in Apply Motion Adapter."),
+                "width": common.width_input(576, "The Value embeddings are tied to this size (reference: 576 for "
+                                                 "ZeroScope): sample at the same size, or turn on resampling."),
+                "height": common.height_input(320),
+                "save_name": common.save_name_input("motion_embeddings"),
+                "seed": common.seed_input("noise, timesteps, dropout"),
+                "resume_from": common.resume_input(),
             },
             "optional": {
+                "video": common.video_input("The reference video", "It is cut into windows of 'frames' frames; each "
+                                                                   "window is one training clip."),
                 "strategy": (STRATEGIES, {
                     "default": "hybrid",
                     "tooltip": "Default inference strategy stored in the file (and used for previews): hybrid / "
                                "object = frame-differenced Value embeddings, camera = Query-Key only, vanilla = "
                                "as trained. Apply Motion Adapter can override it."}),
-                "video_fps": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
-                    "tooltip": "Frame rate of the input IMAGE batch (connect Load Reference Video's fps). Only "
-                               "used with training_fps."}),
-                "training_fps": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
-                    "tooltip": "Frame rate to sample the clips at when video_fps is known; 0 = every frame (the "
-                               "reference)."}),
-                "checkpoint_every": checkpoint_every_input(50),
-                "preview_every": ("INT", {
-                    "default": 100, "min": 0, "max": 100000,
-                    "tooltip": "Make a validation sample every N steps (0 = only one at the end)."}),
-                "preview_prompt": ("STRING", {
-                    "default": "", "multiline": False,
-                    "tooltip": "Prompt of the validation samples (empty = the training prompt; the reference "
-                               "previews 'A skateboard slides along a city lane')."}),
-                "preview_steps": ("INT", {
-                    "default": 30, "min": 1, "max": 1000,
-                    "tooltip": "Denoising steps of a validation sample (reference: 30, cfg 12)."}),
-                "noise_prior": ("FLOAT", {
-                    "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Default noise prior p stored in the file and used for previews (reference: 0.5 "
-                               "blend with the DDIM-inverted reference)."}),
-                "noise_prior_steps": ("INT", {
-                    "default": 50, "min": 0, "max": 1000,
-                    "tooltip": "DDIM inversion steps of the stored noise prior (reference: 50; 0 = none)."}),
-                "weight_decay": ("FLOAT", {
-                    "default": 0.01, "min": 0.0, "max": 1.0, "step": 1e-4, "round": False,
-                    "tooltip": "AdamW weight decay (reference: 0.01)."}),
+                "video_fps": common.video_fps_input("Only used with training_fps."),
+                "training_fps": common.training_fps_input(
+                    0.0, "when the video's fps is known; 0 = every frame (the reference)", minimum=0.0),
+                "checkpoint_every": common.checkpoint_every_input(50),
+                "preview_every": common.preview_every_input(100),
+                "preview_prompt": common.preview_prompt_input(
+                    "the training prompt; the reference previews 'A skateboard slides along a city lane'"),
+                "preview_steps": common.preview_steps_input(30, "reference: 30, cfg 12"),
+                "noise_prior": common.noise_prior_input(0.5, "reference: 0.5 blend with the DDIM-inverted reference"),
+                "noise_prior_steps": common.noise_prior_steps_input(50),
+                "weight_decay": common.weight_decay_input(0.01),
                 "blocks": ("STRING", {
                     "default": "", "multiline": False,
                     "tooltip": "Temporal blocks to embed, comma separated (e.g. 'down_blocks.2, up_blocks.1' or "
                                "the reference's 'down:1280, up:1280'). Empty = the coarsest cross-attention down "
                                "and up blocks (the reference's choice)."}),
-                "mixed_precision": (PRECISIONS, {
-                    "default": "auto",
-                    "tooltip": "Autocast on the GPU: auto follows the model's dtype. The embeddings stay fp32; "
-                               "the CPU trains in fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "Recompute activations in the backward pass: much less memory, slower. The "
-                               "reference trains with it on."}),
+                "mixed_precision": common.mixed_precision_input("The embeddings stay fp32; the CPU trains in fp32."),
+                "gradient_checkpointing": common.gradient_checkpointing_input(),
+                "core_video": common.core_video_input(),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, save_name=None, learning_rate=None):
-        problem = save_name_problem(save_name)
+    def VALIDATE_INPUTS(cls, save_name=None, learning_rate=None, resume_from=None):
+        problem = common.training_problem(save_name, resume_from)
         if problem is not True:
             return problem
         if learning_rate is not None and not float(learning_rate) > 0:
             return f"learning_rate must be > 0, got {learning_rate}."
         return True
 
-    def train(self, model, video, prompt, steps, learning_rate, loss, frames, width, height, save_name, seed,
+    def train(self, model, prompt, steps, learning_rate, loss, frames, width, height, save_name, seed,
               resume_from, strategy="hybrid", video_fps=0.0, training_fps=0.0, checkpoint_every=50,
               preview_every=100, preview_prompt="", preview_steps=30, noise_prior=0.5, noise_prior_steps=50,
-              weight_decay=0.01, blocks="", mixed_precision="auto", gradient_checkpointing=True):
+              weight_decay=0.01, blocks="", mixed_precision="auto", gradient_checkpointing=True, video=None,
+              core_video=None):
         from motion_core.methods.motion_inversion import MotionInversion, MotionInversionConfig
         from motion_core.motion_model import MotionModel
-        from motion_core.training import TrainingConfig, VideoSource, train
+        from motion_core.training import VideoSource, train
         from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
@@ -174,25 +122,21 @@ class MotionKitTrainMotionEmbeddings:
             learning_rate=float(learning_rate), weight_decay=float(weight_decay), loss=str(loss),
             strategy=str(strategy), noise_prior=float(noise_prior), noise_prior_steps=int(noise_prior_steps),
             blocks=str(blocks) if str(blocks).strip() else None))
-        source = VideoSource(frames=from_comfy_image(video), fps=float(video_fps) or None)
-        run_dir = training_root() / name
-        use_fps = float(training_fps) if (float(video_fps) and float(training_fps)) else None
-        config = TrainingConfig(
-            steps=int(steps), seed=int(seed), frames=int(frames), fps=use_fps, width=int(width), height=int(height),
-            checkpoint_every=int(checkpoint_every), validate_every=int(preview_every),
-            mixed_precision=str(mixed_precision), gradient_checkpointing=bool(gradient_checkpointing),
-            run_dir=str(run_dir), save_name=name, adapters_dir=str(host.motion_adapters_dir()))
-        config.preview.prompts = [str(preview_prompt)] if str(preview_prompt).strip() else []
-        config.preview.steps = int(preview_steps)
-        config.preview.seed = int(seed)
-        config.preview.noise_prior = method.default_noise_prior(1)
-        resume = resolve_resume(name, resume_from)
+        reference = pick_reference(video, core_video, video_fps, image_name="video", video_name="core_video")
+        source = VideoSource(frames=from_comfy_image(reference.frames), fps=reference.fps)
+        use_fps = float(training_fps) if (reference.fps and float(training_fps)) else None
+        config = common.training_config(
+            name, steps=steps, seed=seed, frames=frames, fps=use_fps, width=width, height=height,
+            checkpoint_every=checkpoint_every, preview_every=preview_every, preview_prompt=preview_prompt,
+            preview_steps=preview_steps, mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(1))
+        resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):
             return train(base, method, [source], text, config, resume=resume, progress=progress,
                            cancel=cancel)
 
-        return run_training("Train Motion Embeddings", int(steps), int(width), int(height), run)
+        return common.run_training("Train Motion Embeddings", int(steps), int(width), int(height), run)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -12,7 +12,8 @@ import json
 
 from motion_core.errors import InputError
 
-from . import host
+from . import host, model_files
+from .video_input import pick_reference, reference_video_input
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 MAX_SIZE = 8192
@@ -46,9 +47,6 @@ class MotionKitExtractMotionRepresentation:
                 "model": ("MOTION_MODEL", {
                     "tooltip": "The video model that will generate (AnimateDiff or UNet3D). Adapters it carries "
                                "are active during extraction, as they will be during guidance."}),
-                "reference_video": ("IMAGE", {
-                    "tooltip": "The reference clip as an IMAGE batch (e.g. from Load Reference Video with "
-                               "frames = 0 to keep them all); its motion is what gets cloned."}),
                 "frames": ("INT", {
                     "default": 16, "min": 0, "max": 1024, "step": 1,
                     "tooltip": "Frames of the generation (and of the representation), spread uniformly over "
@@ -78,20 +76,28 @@ class MotionKitExtractMotionRepresentation:
                                "must not exceed the frame count."}),
             },
             "optional": {
+                "reference_video": ("IMAGE", {
+                    "tooltip": "The reference clip as an IMAGE batch (e.g. from Load Reference Video with "
+                               "frames = 0 to keep them all); its motion is what gets cloned. Or connect a "
+                               "VIDEO to core_video instead."}),
                 "sparsectrl": ("SPARSECTRL_CONDITION", {
                     "tooltip": "For image/sketch-to-video: the SparseCtrl condition used for generation. "
                                "Extraction runs its ControlNet on the reference's own frames at the same "
                                "frame indices, as the reference implementation does."}),
+                "core_video": reference_video_input("the reference clip (instead of reference_video)"),
             },
         }
 
-    def extract(self, model, reference_video, frames, width, height, seed, timestep, k, sparsectrl=None):
+    def extract(self, model, frames, width, height, seed, timestep, k, reference_video=None, sparsectrl=None,
+                core_video=None):
         from motion_core.methods.motion_clone import extract_motion_representation
         from motion_core.video import from_comfy_image
 
+        reference = pick_reference(reference_video, core_video, image_name="reference_video",
+                                   video_name="core_video")
         host.free_host_memory()
         representation = extract_motion_representation(
-            model, from_comfy_image(reference_video), num_frames=int(frames) or None, width=int(width) or None,
+            model, from_comfy_image(reference.frames), num_frames=int(frames) or None, width=int(width) or None,
             height=int(height) or None, seed=int(seed), timestep=int(timestep), k=int(k), sparsectrl=sparsectrl,
             source="reference_video")
         return (representation, json.dumps(representation.describe(), indent=1))
@@ -149,9 +155,10 @@ class MotionKitLoadMotionRepresentation:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "representation": (host.list_motion_adapters() or [NO_FILES], {
-                    "tooltip": "A .safetensors file in ComfyUI/models/motion_adapters saved by Save Motion "
-                               "Representation (other kinds of files there are refused with a message)."}),
+                "representation": (model_files.list_motion_representation_files() or [NO_FILES], {
+                    "tooltip": "A motion representation in ComfyUI/models/motion_adapters saved by Save Motion "
+                               "Representation (only those are listed; LoRAs and motion embeddings there are "
+                               "for Load Motion Adapter)."}),
             }
         }
 
@@ -162,12 +169,16 @@ class MotionKitLoadMotionRepresentation:
         except InputError:
             return float("nan")
 
+    # Taking `representation` makes the host skip its combo check: the placeholder, a missing file and a
+    # file of another kind are refused here, when the prompt is queued.
     @classmethod
     def VALIDATE_INPUTS(cls, representation=None):
+        if representation is None:
+            return True
         if representation == NO_FILES:
             return ("No motion representation in models/motion_adapters yet: save one with Save Motion "
                     "Representation first (then press 'r' to refresh the list).")
-        return True
+        return model_files.motion_file_problem(representation, model_files.REPRESENTATION)
 
     def load(self, representation):
         from motion_core.adapters.representation import MotionRepresentation
@@ -184,10 +195,11 @@ class MotionKitApplyMotionClone:
         "MotionClone step 2: returns a MOTION_MODEL whose sampling is guided by the motion representation "
         "(gradient of the temporal-attention mismatch, applied in the first, noisiest steps). Presets are "
         "the reference settings: camera = 100 steps with 50 guided over the top 30% of the noise range, "
-        "object = 300 steps with 180 guided over the top 40% (i2v_rgb 100/40/0.3, i2v_sketch 200/120/0.4); "
-        "with a preset the preset's step count replaces the sampler's. 'custom' uses the sampler's steps and "
-        "the widgets below. Use the DDIM scheduler and cfg 8.5 (= the reference's 7.5) in the Motion "
-        "Sampler."
+        "object = 300 steps with 180 guided over the top 40% (i2v_rgb 100/40/0.3, i2v_sketch 200/120/0.4). "
+        "The Motion Sampler's steps are always the steps that run: on another step count a preset's guided "
+        "steps and ramps are scaled in proportion (camera on 30 steps: 15 guided), and the log says so; set "
+        "the sampler to the preset's steps for the reference's exact schedule. 'custom' uses the widgets "
+        "below. Use the DDIM scheduler and cfg 8.5 (= the reference's 7.5) in the Motion Sampler."
     )
     CATEGORY = "MotionKit/MotionClone"
     FUNCTION = "apply"
@@ -206,10 +218,11 @@ class MotionKitApplyMotionClone:
                     "tooltip": "The motion to clone, from Extract or Load Motion Representation."}),
                 "preset": (PRESETS, {
                     "default": "camera",
-                    "tooltip": "Schedule: camera (100 steps, 50 guided, fraction 0.3) for camera moves, object "
-                               "(300, 180, 0.4) for object motion, i2v_rgb / i2v_sketch for SparseCtrl; "
-                               "custom = the sampler's steps with the widgets below. On Wan: camera = 50 steps, "
-                               "20 guided over noise 0.6-1; object = 60 steps, 30 guided over 0.5-1."}),
+                    "tooltip": "Schedule: camera (made for 100 steps, 50 guided, fraction 0.3) for camera moves, "
+                               "object (300, 180, 0.4) for object motion, i2v_rgb / i2v_sketch for SparseCtrl; "
+                               "custom = the widgets below. The sampler's steps run: a preset's guided steps "
+                               "scale with them (camera on 30 steps guides 15). On Wan: camera = 50 steps, 20 "
+                               "guided over noise 0.6-1; object = 60 steps, 30 guided over 0.5-1."}),
                 "weight": ("FLOAT", {
                     "default": 2000.0, "min": 0.0, "max": 1.0e7, "step": 100.0,
                     "tooltip": "Guidance strength λ (reference: 2000). 0 = no guidance (plain sampling on the "

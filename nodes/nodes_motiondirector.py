@@ -8,32 +8,21 @@ from __future__ import annotations
 
 from motion_core.errors import InputError
 
-from . import host
-from .training_common import (
-    PRECISIONS,
-    checkpoint_every_input,
-    resolve_resume,
-    resume_input,
-    run_training,
-    save_name_problem,
-    training_root,
-)
+from . import host, model_files
+from . import training_common as common
+from .video_input import ReferenceFrames, pick_reference, reference_video_input
 
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
-MAX_SIZE = 8192
 NO_ADAPTERS = "(no motion adapters found)"
 EXPORT_FORMATS = ["animatediff_evolved", "diffusers", "peft", "comfyui_wan"]
-VIDEO_INPUTS = ("video_2", "video_3", "video_4")
-
-
-
-
 
 
 def _adapter_choices() -> list[str]:
-    return host.list_motion_adapters() or [NO_ADAPTERS]
+    return model_files.list_motion_adapter_files() or [NO_ADAPTERS]
 
 
+def _no_adapters_message() -> str:
+    return (f"There are no motion adapters in {host.motion_adapters_dir()} yet: train one with a Train node (e.g. "
+            "Train MotionDirector), or put a file there and refresh the node list (press 'r').")
 
 
 class MotionKitTrainMotionDirector:
@@ -61,108 +50,66 @@ class MotionKitTrainMotionDirector:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MOTION_MODEL", {
-                    "tooltip": "The base video model from Load Video Model (unet3d: ZeroScope/ModelScope; or "
-                               "animatediff). Adapters already applied to it are ignored for training."}),
-                "video": ("IMAGE", {
-                    "tooltip": "The reference video as an IMAGE batch (e.g. from Load Reference Video). It is "
-                               "cut into windows of 'frames' frames; each window is one training clip."}),
-                "prompt": ("STRING", {
-                    "default": "a car is running on the road", "multiline": True,
-                    "tooltip": "What the reference video shows (subject and motion). With several videos, one "
-                               "line per video gives each its own caption; otherwise the text is used for all."}),
-                "steps": ("INT", {
-                    "default": 150, "min": 1, "max": 100000,
-                    "tooltip": "Training steps. The reference uses 150 for one video (about 2-5 minutes on an "
-                               "A5000-class GPU) and 300-1000 for several videos."}),
-                "learning_rate": ("FLOAT", {
-                    "default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
-                    "tooltip": "AdamW learning rate of every LoRA (reference: 5e-4). Lower it (with more steps) "
-                               "for smoother results."}),
-                "rank": ("INT", {
-                    "default": 32, "min": 1, "max": 512,
-                    "tooltip": "LoRA rank (reference: 32). Higher learns more detail and makes larger files; it "
-                               "cannot exceed the smallest layer size (the error says the limit)."}),
-                "frames": ("INT", {
-                    "default": 16, "min": 1, "max": 128,
-                    "tooltip": "Frames per training clip (reference: 16 at 8 fps). The video must have at least "
-                               "this many frames; reduce it if memory is short."}),
-                "width": ("INT", {
-                    "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
-                    "tooltip": "Training width in pixels (reference: 384). Frames are scaled to cover and "
-                               "center-cropped. Must be a multiple of the model's size multiple."}),
-                "height": ("INT", {
-                    "default": 384, "min": 8, "max": MAX_SIZE, "step": 8,
-                    "tooltip": "Training height in pixels (reference: 384)."}),
-                "checkpoint_every": checkpoint_every_input(50),
-                "save_name": ("STRING", {
-                    "default": "motiondirector",
-                    "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). "
-                               "An existing file of that name is replaced."}),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                    "tooltip": "Seed of the training run (noise, timesteps, frame choices, LoRA init). The same "
-                               "seed and settings give the same adapter."}),
-                "resume_from": resume_input(),
+                "model": common.model_input("unet3d: ZeroScope/ModelScope; animatediff; or wan"),
+                "prompt": common.prompt_input(
+                    "a car is running on the road",
+                    "What the reference video shows (subject and motion). With several videos, one line per "
+                    "video gives each its own caption; otherwise the text is used for all."),
+                "steps": common.steps_input(150, "150 for one video, about 2-5 minutes on an A5000-class GPU, and "
+                                                 "300-1000 for several videos"),
+                "learning_rate": common.learning_rate_input(
+                    5e-4, "of every LoRA (reference: 5e-4). Lower it (with more steps) for smoother results"),
+                "rank": common.rank_input(32),
+                "frames": common.frames_input(16, "(reference: 16 at 8 fps). The video must have at least this many "
+                                                  "frames; reduce it if memory is short."),
+                "width": common.width_input(384, "Must be a multiple of the model's size multiple."),
+                "height": common.height_input(384),
+                "checkpoint_every": common.checkpoint_every_input(50),
+                "save_name": common.save_name_input("motiondirector"),
+                "seed": common.seed_input("noise, timesteps, frame choices, LoRA init"),
+                "resume_from": common.resume_input(),
             },
             "optional": {
+                "video": common.video_input("The reference video", "It is cut into windows of 'frames' frames; each "
+                                                                   "window is one training clip."),
                 "video_2": ("IMAGE", {"tooltip": "A second reference video of the same motion (optional)."}),
                 "video_3": ("IMAGE", {"tooltip": "A third reference video (optional)."}),
                 "video_4": ("IMAGE", {"tooltip": "A fourth reference video (optional)."}),
-                "video_fps": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
-                    "tooltip": "Frame rate of the input IMAGE batches (connect Load Reference Video's fps). 0 = "
-                               "they are already at the training frame rate."}),
-                "training_fps": ("FLOAT", {
-                    "default": 8.0, "min": 0.5, "max": 240.0, "step": 0.5,
-                    "tooltip": "Frame rate the clips are sampled at when video_fps is known (reference: 8)."}),
-                "preview_every": ("INT", {
-                    "default": 50, "min": 0, "max": 100000,
-                    "tooltip": "Make a validation sample every N steps (0 = only one at the end). Each costs "
-                               "'preview_steps' denoising steps."}),
-                "preview_prompt": ("STRING", {
-                    "default": "", "multiline": False,
-                    "tooltip": "Prompt of the validation samples (empty = the training prompt)."}),
-                "preview_steps": ("INT", {
-                    "default": 30, "min": 1, "max": 1000,
-                    "tooltip": "Denoising steps of a validation sample (reference: 30, cfg 12)."}),
-                "noise_prior_steps": ("INT", {
-                    "default": 50, "min": 0, "max": 1000,
-                    "tooltip": "DDIM inversion steps of the noise prior stored in the adapter (reference: 50; "
-                               "0 = store none). Computed once before training."}),
-                "weight_decay": ("FLOAT", {
-                    "default": -1.0, "min": -1.0, "max": 1.0, "step": 1e-4, "round": False,
-                    "tooltip": "AdamW weight decay; -1 = the reference's (0.01 for one video, 0.0001 for "
-                               "several)."}),
-                "mixed_precision": (PRECISIONS, {
-                    "default": "auto",
-                    "tooltip": "Autocast on the GPU: auto follows the model's dtype (fp16 uses a gradient "
-                               "scaler). The CPU always trains in fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "Recompute activations in the backward pass: much less memory, about 30% "
-                               "slower. The reference trains with it on."}),
+                "video_fps": common.video_fps_input("0 = they are already at the training frame rate."),
+                "training_fps": common.training_fps_input(8.0, "when the video's fps is known (reference: 8)"),
+                "preview_every": common.preview_every_input(50),
+                "preview_prompt": common.preview_prompt_input(),
+                "preview_steps": common.preview_steps_input(30, "reference: 30, cfg 12"),
+                "noise_prior_steps": common.noise_prior_steps_input(50),
+                "weight_decay": common.weight_decay_input(
+                    -1.0, minimum=-1.0,
+                    note="AdamW weight decay; -1 = the reference's (0.01 for one video, 0.0001 for several)."),
+                "mixed_precision": common.mixed_precision_input(),
+                "gradient_checkpointing": common.gradient_checkpointing_input(),
+                "core_video": common.core_video_input(),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, save_name=None, resume_from=None):
-        return save_name_problem(save_name)
+        return common.training_problem(save_name, resume_from)
 
-    def train(self, model, video, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every,
-              save_name, seed, resume_from, video_2=None, video_3=None, video_4=None, video_fps=0.0,
+    def train(self, model, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every, save_name,
+              seed, resume_from, video=None, video_2=None, video_3=None, video_4=None, video_fps=0.0,
               training_fps=8.0, preview_every=50, preview_prompt="", preview_steps=30, noise_prior_steps=50,
-              weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True):
+              weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True, core_video=None):
         from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
         from motion_core.motion_model import MotionModel
-        from motion_core.training import TrainingConfig, VideoSource, train
+        from motion_core.training import VideoSource, train
         from motion_core.video import from_comfy_image
 
         name = host.safe_filename(save_name)
         base = MotionModel.wrap(model).base
-        images = [video] + [v for v in (video_2, video_3, video_4) if v is not None]
-        fps = float(video_fps) or None
-        sources = [VideoSource(frames=from_comfy_image(v), fps=fps) for v in images]
+        first = pick_reference(video, core_video, video_fps, image_name="video", video_name="core_video")
+        images = [first] + [ReferenceFrames(v, float(video_fps) or None) for v in (video_2, video_3, video_4)
+                            if v is not None]
+        fps = any(r.fps for r in images)
+        sources = [VideoSource(frames=from_comfy_image(r.frames), fps=r.fps) for r in images]
         lines = [line.strip() for line in str(prompt).splitlines() if line.strip()]
         prompts: str | list[str] = lines if len(images) > 1 and len(lines) == len(images) else str(prompt).strip()
         if not prompts:
@@ -170,24 +117,18 @@ class MotionKitTrainMotionDirector:
         method = MotionDirector(MotionDirectorConfig(
             rank=int(rank), learning_rate=float(learning_rate), noise_prior_steps=int(noise_prior_steps),
             weight_decay=None if float(weight_decay) < 0 else float(weight_decay)))
-        run_dir = training_root() / name
-        config = TrainingConfig(
-            steps=int(steps), seed=int(seed), frames=int(frames), fps=float(training_fps) if fps else None,
-            width=int(width), height=int(height), checkpoint_every=int(checkpoint_every),
-            validate_every=int(preview_every), mixed_precision=str(mixed_precision),
-            gradient_checkpointing=bool(gradient_checkpointing), run_dir=str(run_dir), save_name=name,
-            adapters_dir=str(host.motion_adapters_dir()))
-        config.preview.prompts = [str(preview_prompt)] if str(preview_prompt).strip() else []
-        config.preview.steps = int(preview_steps)
-        config.preview.seed = int(seed)
-        config.preview.noise_prior = method.default_noise_prior(len(sources))
-        resume = resolve_resume(name, resume_from)
+        config = common.training_config(
+            name, steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
+            height=height, checkpoint_every=checkpoint_every, preview_every=preview_every,
+            preview_prompt=preview_prompt, preview_steps=preview_steps, mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(len(sources)))
+        resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):
             return train(base, method, sources, prompts, config, resume=resume, progress=progress,
                            cancel=cancel)
 
-        return run_training("Train MotionDirector", int(steps), int(width), int(height), run)
+        return common.run_training("Train MotionDirector", int(steps), int(width), int(height), run)
 
 
 class MotionKitLoadMotionAdapter:
@@ -196,7 +137,7 @@ class MotionKitLoadMotionAdapter:
         "other methods' adapters), MotionDirector reference .pt files (temporal or spatial LoRA lists, matched to "
         "the model's layers when applied) and AnimateDiff-Evolved motion LoRAs."
     )
-    CATEGORY = "MotionKit/adapters"
+    CATEGORY = "MotionKit/Adapters"
     FUNCTION = "load"
     RETURN_TYPES = ("MOTION_ADAPTER", "STRING")
     RETURN_NAMES = ("adapter", "info")
@@ -210,9 +151,22 @@ class MotionKitLoadMotionAdapter:
         return {
             "required": {
                 "adapter_name": (_adapter_choices(), {
-                    "tooltip": "A file in ComfyUI/models/motion_adapters (Train MotionDirector saves there)."}),
+                    "tooltip": "A motion adapter file in ComfyUI/models/motion_adapters (the Train nodes save "
+                               "there): MotionKit LoRAs and motion embeddings, MotionDirector reference .pt "
+                               "files, AnimateDiff-Evolved motion LoRAs. MotionClone motion representations "
+                               "are listed by Load Motion Representation instead."}),
             }
         }
+
+    # Taking adapter_name makes the host skip its combo check: the placeholder, a missing file and a file
+    # of the other kind are refused here, when the prompt is queued.
+    @classmethod
+    def VALIDATE_INPUTS(cls, adapter_name=None):
+        if adapter_name is None:
+            return True
+        if adapter_name == NO_ADAPTERS:
+            return _no_adapters_message()
+        return model_files.motion_file_problem(adapter_name, model_files.ADAPTER)
 
     @classmethod
     def IS_CHANGED(cls, adapter_name, **_):
@@ -225,8 +179,7 @@ class MotionKitLoadMotionAdapter:
         from motion_core.adapters.files import load_adapter
 
         if adapter_name == NO_ADAPTERS:
-            raise InputError(f"There are no motion adapters in {host.motion_adapters_dir()} yet: train one with Train "
-                             "MotionDirector, or put a file there and refresh (press 'r').")
+            raise InputError(_no_adapters_message())
         adapter = load_adapter(host.motion_adapter_path(adapter_name))
         info = adapter.describe() if hasattr(adapter, "describe") else type(adapter).__name__
         return (adapter, str(info))
@@ -239,7 +192,7 @@ class MotionKitApplyMotionAdapter:
         "the temporal (motion) LoRA is used by default; the appearance LoRA of a training video can be added with "
         "its own strength."
     )
-    CATEGORY = "MotionKit/adapters"
+    CATEGORY = "MotionKit/Adapters"
     FUNCTION = "apply"
     RETURN_TYPES = ("MOTION_MODEL",)
     RETURN_NAMES = ("model",)
@@ -337,7 +290,7 @@ class MotionKitNoisePrior:
         "stored in the adapter (computed once at training), or inverts a reference video here. p = 0.1-0.5 suits "
         "single-video adapters; 0 keeps plain noise."
     )
-    CATEGORY = "MotionKit/MotionDirector"
+    CATEGORY = "MotionKit/Sampling"
     FUNCTION = "apply"
     RETURN_TYPES = ("MOTION_MODEL",)
     RETURN_NAMES = ("model",)
@@ -366,10 +319,12 @@ class MotionKitNoisePrior:
                 "clip_index": ("INT", {
                     "default": 0, "min": 0, "max": 1024,
                     "tooltip": "Which stored training clip's inversion to use (0 = the first)."}),
+                "core_video": reference_video_input("the reference video to invert (instead of reference_video)"),
             },
         }
 
-    def apply(self, model, p, adapter=None, reference_video=None, inversion_steps=50, clip_index=0):
+    def apply(self, model, p, adapter=None, reference_video=None, inversion_steps=50, clip_index=0,
+              core_video=None):
         from motion_core.motion_model import MotionModel
         from motion_core.noise_prior import NoisePrior, check_p
         from motion_core.video import fit_size, from_comfy_image, resize_and_crop
@@ -377,14 +332,16 @@ class MotionKitNoisePrior:
         motion = MotionModel.wrap(model)
         p = check_p(p)
         stored = getattr(adapter, "noise_prior", ()) if adapter is not None else ()
+        reference = pick_reference(reference_video, core_video, image_name="reference_video",
+                                   video_name="core_video", required=False)
         if stored:
             if not 0 <= int(clip_index) < len(stored):
                 raise InputError(f"clip_index {clip_index}: the adapter stores {len(stored)} clip(s).")
             if hasattr(adapter, "check_compatible"):
                 adapter.check_compatible(motion.base)
             prior = NoisePrior(stored[int(clip_index)], p, source=str(getattr(adapter, "source", "adapter")))
-        elif reference_video is not None:
-            frames = from_comfy_image(reference_video)
+        elif reference is not None:
+            frames = from_comfy_image(reference.frames)
             m = motion.base.size_multiple
             h, w = int(frames.shape[1]), int(frames.shape[2])
             if w % m or h % m:
@@ -396,7 +353,8 @@ class MotionKitNoisePrior:
                 prior = NoisePrior.from_frames(motion.base, frames, p, steps=int(inversion_steps), progress=bar,
                                                cancel=host.cancel_requested)
         else:
-            raise InputError("Noise Prior needs an adapter that stores a noise prior, or a reference_video to invert.")
+            raise InputError("Noise Prior needs an adapter that stores a noise prior, or a reference video to invert "
+                             "(IMAGE on reference_video or VIDEO on core_video).")
         return (motion.with_noise_prior(prior, note=f"noise prior p={p:g}"),)
 
 
@@ -408,7 +366,7 @@ class MotionKitExportMotionAdapter:
         "output/MotionKit/exports. comfyui_wan (Wan adapters): ComfyUI's native Wan LoRA keys (diffusion_model.<Wan "
         "module>.lora_A/lora_B + alpha) into models/loras, for the core LoraLoaderModelOnly on a Wan MODEL."
     )
-    CATEGORY = "MotionKit/adapters"
+    CATEGORY = "MotionKit/Adapters"
     FUNCTION = "export"
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING",)
@@ -438,12 +396,7 @@ class MotionKitExportMotionAdapter:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename=None):
-        if filename is not None:
-            try:
-                host.safe_filename(filename)
-            except InputError as exc:
-                return str(exc)
-        return True
+        return common.save_name_problem(filename)
 
     def export(self, adapter, format, filename, model=None):
         from motion_core.adapters.files import export_adapter_files

@@ -22,7 +22,7 @@ class MotionKitSampler:
         "Shows progress and stops between steps when you press Cancel. Same seed and settings give the "
         "same frames."
     )
-    CATEGORY = "MotionKit/sampling"
+    CATEGORY = "MotionKit/Sampling"
     FUNCTION = "sample"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)

@@ -1,9 +1,12 @@
-"""What every training node shares: run folders, resume choices, the live progress bar, the outputs.
+"""What every training node shares: its common inputs, run folders, resume choices, the live progress bar,
+the outputs.
 
-Not a ``nodes_*`` module, so it registers no nodes; the Train nodes (MotionDirector, Motion Embeddings,
-Customizing Motion, MotionMatcher) call :func:`run_training` around their method's ``train`` function so
-that progress, the live loss-curve preview, cancel and the (adapter, loss curve, preview) outputs behave
-the same everywhere.
+Not a ``nodes_*`` module, so it registers no nodes. The Train nodes (MotionDirector, Motion Embeddings,
+Customizing Motion, MotionMatcher; the Wan models train through the same nodes) declare their common
+inputs with the ``*_input`` functions below -- one declaration each, the method's reference default passed
+in, so every node keeps its own defaults and widget order -- and call :func:`run_training` around their
+method's ``train`` function so that progress, the live loss-curve preview, cancel and the (adapter, loss
+curve, preview) outputs behave the same everywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from motion_core.video import to_comfy_image
 
 from . import host
 
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+MAX_SIZE = 8192
 NONE = "none"
 LATEST = "latest"
 TRAINING_FOLDER = "motionkit_training"
@@ -62,6 +67,25 @@ def resolve_resume(name: str, resume_from: str | None) -> Path | None:
     return resume
 
 
+def training_config(save_name: str, *, steps: int, seed: int, frames: int, fps: float | None, width: int,
+                    height: int, checkpoint_every: int, preview_every: int, preview_prompt: str, preview_steps: int,
+                    mixed_precision: str, gradient_checkpointing: bool, preview_cfg: float = 12.0,
+                    preview_noise_prior: float = 0.0, **options: Any):
+    """The ``TrainingConfig`` of a Train node's run: checkpoints in output/motionkit_training/<save_name>, the
+    adapter in models/motion_adapters, previews with the run's seed (``options``: other TrainingConfig fields,
+    e.g. ``windows``)."""
+    from motion_core.training import PreviewConfig, TrainingConfig
+
+    prompt = str(preview_prompt).strip()
+    return TrainingConfig(
+        steps=int(steps), seed=int(seed), frames=int(frames), fps=fps, width=int(width), height=int(height),
+        checkpoint_every=int(checkpoint_every), validate_every=int(preview_every),
+        mixed_precision=str(mixed_precision), gradient_checkpointing=bool(gradient_checkpointing),
+        run_dir=str(training_root() / save_name), save_name=save_name, adapters_dir=str(host.motion_adapters_dir()),
+        preview=PreviewConfig(prompts=[prompt] if prompt else [], steps=int(preview_steps), cfg=float(preview_cfg),
+                              seed=int(seed), noise_prior=float(preview_noise_prior)), **options)
+
+
 def loss_curve_preview(history: list[dict]) -> tuple[str, Any, int]:
     """The loss curve so far as a progress-bar preview (ComfyUI's ``(format, PIL image, max size)``)."""
     import numpy as np
@@ -101,13 +125,61 @@ def run_training(label: str, steps: int, width: int, height: int,
     return (result.adapter, result.loss_curve(), preview)
 
 
-def resume_input() -> tuple:
-    """The ``resume_from`` widget every Train node declares."""
-    return (resume_choices(), {
-        "default": NONE,
-        "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest checkpoint of "
-                   "this save_name, or pick a checkpoint folder from output/motionkit_training/. The settings "
-                   "must match the interrupted run (it is refused otherwise)."})
+# ------------------------------------------------------------------------------------------ inputs
+def _with(tooltip: str, note: str = "") -> str:
+    return f"{tooltip} {note}".strip() if note else tooltip
+
+
+def model_input(models: str, note: str = "") -> tuple:
+    """The ``model`` socket: ``models`` says which families the method trains on."""
+    return ("MOTION_MODEL", {
+        "tooltip": _with(f"The base video model from Load Video Model ({models}). Adapters already applied to it "
+                         "are ignored for training.", note)})
+
+
+def video_input(what: str, note: str = "") -> tuple:
+    """The ``video`` IMAGE socket of a reference / training video (``core_video`` is its VIDEO alternative)."""
+    return ("IMAGE", {
+        "tooltip": _with(f"{what} as an IMAGE batch (e.g. from Load Reference Video); or connect a VIDEO to "
+                         "core_video instead.", note)})
+
+
+def prompt_input(default: str, tooltip: str) -> tuple:
+    """The training ``prompt`` (or caption): multi-line text with the method's reference example."""
+    return ("STRING", {"default": default, "multiline": True, "tooltip": tooltip})
+
+
+def steps_input(default: int, reference: str, note: str = "") -> tuple:
+    return ("INT", {"default": int(default), "min": 1, "max": 100000,
+                    "tooltip": _with(f"Training steps (reference: {reference}).", note)})
+
+
+def learning_rate_input(default: float, reference: str, *, minimum: float = 1e-7, maximum: float = 1.0,
+                        step: float = 1e-5) -> tuple:
+    return ("FLOAT", {"default": default, "min": minimum, "max": maximum, "step": step, "round": False,
+                      "tooltip": f"AdamW learning rate {reference}."})
+
+
+def rank_input(default: int = 32) -> tuple:
+    return ("INT", {"default": int(default), "min": 1, "max": 512,
+                    "tooltip": f"LoRA rank (reference: {default}). Higher learns more detail and makes larger "
+                               "files; it cannot exceed the smallest layer size (the error says the limit)."})
+
+
+def frames_input(default: int, note: str) -> tuple:
+    return ("INT", {"default": int(default), "min": 1, "max": 128,
+                    "tooltip": _with("Frames per training clip", note)})
+
+
+def width_input(default: int, note: str = "") -> tuple:
+    return ("INT", {"default": int(default), "min": 8, "max": MAX_SIZE, "step": 8,
+                    "tooltip": _with(f"Training width in pixels (reference: {default}). Frames are scaled to "
+                                     "cover and center-cropped.", note)})
+
+
+def height_input(default: int) -> tuple:
+    return ("INT", {"default": int(default), "min": 8, "max": MAX_SIZE, "step": 8,
+                    "tooltip": f"Training height in pixels (reference: {default})."})
 
 
 def checkpoint_every_input(default: int) -> tuple:
@@ -118,6 +190,95 @@ def checkpoint_every_input(default: int) -> tuple:
                    "(0 = only at the end or on Cancel)."})
 
 
+def save_name_input(default: str) -> tuple:
+    return ("STRING", {
+        "default": default,
+        "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). An existing "
+                   "file of that name is replaced."})
+
+
+def seed_input(what: str) -> tuple:
+    return ("INT", {
+        "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+        "tooltip": f"Seed of the training run ({what}). The same seed and settings give the same adapter."})
+
+
+def resume_input() -> tuple:
+    """The ``resume_from`` widget every Train node declares."""
+    return (resume_choices(), {
+        "default": NONE,
+        "tooltip": "Continue an interrupted run instead of starting over: 'latest' = the newest checkpoint of "
+                   "this save_name, or pick a checkpoint folder from output/motionkit_training/. The settings "
+                   "must match the interrupted run (it is refused otherwise)."})
+
+
+def video_fps_input(note: str = "0 = it is already at the training frame rate.") -> tuple:
+    return ("FLOAT", {
+        "default": 0.0, "min": 0.0, "max": 240.0, "step": 0.5,
+        "tooltip": _with("Frame rate of the input IMAGE batch (connect Load Reference Video's fps; a VIDEO on "
+                         "core_video brings its own).", note)})
+
+
+def training_fps_input(default: float, note: str, *, minimum: float = 0.5) -> tuple:
+    return ("FLOAT", {"default": float(default), "min": minimum, "max": 240.0, "step": 0.5,
+                      "tooltip": f"Frame rate the clips are sampled at {note}."})
+
+
+def preview_every_input(default: int) -> tuple:
+    return ("INT", {
+        "default": int(default), "min": 0, "max": 100000,
+        "tooltip": "Make a validation sample every N steps (0 = only one at the end). Each costs "
+                   "'preview_steps' denoising steps."})
+
+
+def preview_prompt_input(note: str = "the training prompt") -> tuple:
+    return ("STRING", {"default": "", "multiline": False,
+                       "tooltip": f"Prompt of the validation samples (empty = {note})."})
+
+
+def preview_steps_input(default: int, reference: str) -> tuple:
+    return ("INT", {"default": int(default), "min": 1, "max": 1000,
+                    "tooltip": f"Denoising steps of a validation sample ({reference})."})
+
+
+def noise_prior_input(default: float, note: str) -> tuple:
+    return ("FLOAT", {"default": float(default), "min": 0.0, "max": 1.0, "step": 0.05,
+                      "tooltip": f"Noise prior p stored in the adapter and used by the previews ({note})."})
+
+
+def noise_prior_steps_input(default: int, *, minimum: int = 0) -> tuple:
+    none = "; 0 = store none" if minimum == 0 else ""
+    return ("INT", {"default": int(default), "min": minimum, "max": 1000,
+                    "tooltip": f"DDIM inversion steps of the noise prior stored in the adapter (reference: "
+                               f"{default}{none}). Computed once before training."})
+
+
+def weight_decay_input(default: float = 0.01, *, minimum: float = 0.0, note: str = "") -> tuple:
+    return ("FLOAT", {"default": default, "min": minimum, "max": 1.0, "step": 1e-4, "round": False,
+                      "tooltip": note or f"AdamW weight decay (reference: {default:g})."})
+
+
+def mixed_precision_input(note: str = "") -> tuple:
+    return (PRECISIONS, {
+        "default": "auto",
+        "tooltip": _with("Autocast on the GPU: auto follows the model's dtype (fp16 uses a gradient scaler).",
+                         note or "The CPU always trains in fp32.")})
+
+
+def gradient_checkpointing_input(note: str = "The reference trains with it on.") -> tuple:
+    return ("BOOLEAN", {
+        "default": True,
+        "tooltip": _with("Recompute activations in the backward pass: much less memory, about 30% slower.", note)})
+
+
+def core_video_input() -> tuple:
+    """The optional VIDEO alternative to a Train node's ``video`` IMAGE input (always its last input)."""
+    from .video_input import reference_video_input
+
+    return reference_video_input("the reference video (stands in for the video input)")
+
+
+# ------------------------------------------------------------------------------------------ validation
 def save_name_problem(save_name: str | None) -> str | bool:
     """``VALIDATE_INPUTS`` answer for a save name: True, or the message of why it cannot be a file name."""
     if save_name is not None:
@@ -125,4 +286,20 @@ def save_name_problem(save_name: str | None) -> str | bool:
             host.safe_filename(save_name)
         except InputError as exc:
             return str(exc)
+    return True
+
+
+def training_problem(save_name: str | None, resume_from: str | None) -> str | bool:
+    """``VALIDATE_INPUTS`` answer for a Train node's save name and resume choice (taking ``resume_from``
+    makes the host skip its combo check, so a vanished checkpoint or 'latest' without one is caught here,
+    when the prompt is queued)."""
+    problem = save_name_problem(save_name)
+    if problem is not True or resume_from is None:
+        return problem
+    if save_name is None and resume_from == LATEST:
+        return True  # linked save name: known only at run time
+    try:
+        resolve_resume(host.safe_filename(save_name) if save_name is not None else "", resume_from)
+    except InputError as exc:
+        return f"{exc} Pick 'none' to start a new run."
     return True

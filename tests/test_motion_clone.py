@@ -66,7 +66,9 @@ def representation(model, square):
 
 
 def request(**changes):
-    values = dict(prompt="a cat running", num_frames=FRAMES, width=SIZE, height=SIZE, cfg=REFERENCE_CFG, seed=SEED)
+    """The sampler request (QUICK's own step count: the sampler's steps are what runs)."""
+    values = dict(prompt="a cat running", num_frames=FRAMES, width=SIZE, height=SIZE, cfg=REFERENCE_CFG, seed=SEED,
+                  steps=QUICK.steps)
     values.update(changes)
     return SampleRequest(**values)
 
@@ -381,6 +383,59 @@ def test_bad_guidance_settings(model, representation):
         MotionCloneGuidance("not a representation")
 
 
+def test_presets_scale_to_the_sampler_steps():
+    """A preset sets the schedule's shape; the sampler's steps are what runs (guided steps and ramps scale)."""
+    from dataclasses import replace
+
+    camera = PRESETS["camera"]
+    assert camera.for_steps(100) == camera  # the reference's own step count: nothing changes
+    assert camera.for_steps(30) == replace(camera, steps=30, guided_steps=15, warm_up=3, cool_down=3)
+    assert PRESETS["object"].for_steps(30) == replace(PRESETS["object"], steps=30, guided_steps=18, warm_up=1,
+                                                      cool_down=1)
+    assert camera.for_steps(1).guided_steps == 1  # at least one guided step
+    custom = MotionCloneConfig(steps=None, guided_steps=4, warm_up=1, cool_down=1)
+    assert custom.for_steps(7) == replace(custom, steps=7)  # made for any count: taken as is
+    for preset in PRESETS.values():
+        for n in (10, 25, 30, 50):
+            c = preset.for_steps(n)
+            assert c.guidance_fraction == preset.guidance_fraction and c.weight == preset.weight
+            assert abs(c.guided_steps / n - preset.guided_steps / preset.steps) <= 0.5 / n + 1e-9
+            c.check(n)
+
+
+def test_sampler_steps_run_with_a_preset_made_for_other_steps(model, representation, caplog):
+    config = MotionCloneConfig(steps=12, guided_steps=10, guidance_fraction=0.9, warm_up=2, cool_down=0)
+    guided = apply_motion_clone(model, representation, config)
+    labels = []
+    with caplog.at_level("INFO", logger="motion_core.methods.motion_clone"):
+        out = sample(guided, request(steps=6), decode=False, progress=lambda i, n, info: labels.append(info["label"]))
+    assert out.timesteps == uneven_timesteps(6, 5, 0.9) and out.info["guided_steps"] == 5
+    assert labels == ["motion guidance"] * 5 + ["sampling"]
+    assert "made for 12 steps (10 guided" in caplog.text and "sampler's 6 steps: 5 guided" in caplog.text
+    hook = guided.hooks[-1]
+    assert hook.config == config and hook.schedule(6).warm_up == 1  # the stored preset is not changed
+    with pytest.raises(InputError, match="scaled to the sampler's 1000 steps .500 guided.*do not fit"):
+        apply_motion_clone(model, representation, "camera").hooks[-1].timesteps(model, request(steps=1000))
+
+
+def test_apply_node_preset_runs_the_sampler_node_steps(model, representation, monkeypatch):
+    """The graph's steps run: camera (made for 100 steps) on a 4-step Motion Sampler guides 2 of 4 steps."""
+    from nodes import host
+    from nodes.nodes_motionclone import MotionKitApplyMotionClone
+    from nodes.nodes_sampling import MotionKitSampler
+
+    (guided,) = MotionKitApplyMotionClone().apply(model, representation, "camera", 2000.0, 50, 0.3, 10, 10)
+    assert guided.hooks[-1].config == PRESETS["camera"]
+    steps = []
+    monkeypatch.setattr(host.Progress, "__call__",
+                        lambda self, i, n, info=None: steps.append((i, n, (info or {}).get("label"))))
+    (frames,) = MotionKitSampler().sample(guided, "a cat running", "", SEED, 4, REFERENCE_CFG, SIZE, SIZE, FRAMES,
+                                          "ddim", 1)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+    assert [n for _, n, _ in steps] == [4] * 4
+    assert [label for _, _, label in steps] == ["motion guidance"] * 2 + ["sampling"] * 2
+
+
 def test_sparsectrl_that_does_not_fit_is_refused(model, unet3d_model, representation, square):
     wrong = tiny_sparsectrl(model, block_out_channels=(32, 32, 64, 32))
     with pytest.raises(AdapterMismatchError, match="block_out_channels"):
@@ -423,9 +478,9 @@ def test_image_to_video_with_guidance_runs_and_conditions(model, square):
     assert rep.extra["sparsectrl"] == {"kind": "rgb", "frames": [0], "strength": 1.0}
     assert any(not torch.equal(rep.layers[n][0], plain_rep.layers[n][0]) for n in rep.layers)
     config = MotionCloneConfig(steps=3, guided_steps=2, guidance_fraction=0.9, warm_up=0, cool_down=0)
-    with_ctrl = sample(apply_motion_clone(model, rep, config, sparsectrl=condition), request(num_frames=4),
+    with_ctrl = sample(apply_motion_clone(model, rep, config, sparsectrl=condition), request(num_frames=4, steps=3),
                        decode=False)
-    without = sample(apply_motion_clone(model, rep, config), request(num_frames=4), decode=False)
+    without = sample(apply_motion_clone(model, rep, config), request(num_frames=4, steps=3), decode=False)
     assert with_ctrl.info["guided_steps"] == 2
     assert torch.isfinite(with_ctrl.latents).all() and not torch.allclose(with_ctrl.latents, without.latents)
 

@@ -45,7 +45,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         elif action.dest == "negative_prompt":
             action.help = "negative prompt (default: the reference configs' list of artefacts)"
         elif action.dest == "steps":
-            action.help = "total steps for --preset custom (the other presets set their own)"
+            action.help = ("sampling steps (default: the preset's own, e.g. 100 for camera; 100 for custom); a "
+                           "preset's guided steps and ramps scale with them")
     g = p.add_argument_group("MotionClone")
     g.add_argument("--video", help="reference video whose motion is cloned (default for the smoke test: a "
                    "synthetic moving square)")
@@ -185,7 +186,7 @@ def run_clone(args: argparse.Namespace) -> int:
         guided = apply_motion_clone(model, representation, config, sparsectrl=condition)
         request = SampleRequest(prompt=prompt_list(args.prompt), negative_prompt=args.negative_prompt,
                                 width=width, height=height, num_frames=frames,
-                                steps=config.total_steps(args.steps or 100), cfg=args.cfg, seed=args.seed,
+                                steps=args.steps or config.total_steps(100), cfg=args.cfg, seed=args.seed,
                                 scheduler=args.scheduler)
         result = sample(guided, request, progress=print_progress(f"MotionClone ({preset})"))
     paths = write_videos(result.frames, args.out, args.fps)

@@ -20,7 +20,9 @@ runs with autograd and the energy
 warm-up / cool-down ramp of section 5.1. The gradient enters the DDIM *direction* term only, as the
 reference code does (``motion_core.sampling.ddim_step``): ``z_prev = DDIM(z_t, ε̃) − √((1−ᾱ_t)(1−ᾱ_prev))·g``.
 Camera and object motion differ only in schedule density (presets ``camera``: 100 steps / 50 guided /
-fraction 0.3, ``object``: 300 / 180 / 0.4).
+fraction 0.3, ``object``: 300 / 180 / 0.4). The sampler's step count is always the one that runs: a preset
+made for another count is scaled to it (:meth:`MotionCloneConfig.for_steps`: guided steps and ramps in
+proportion, the guidance fraction unchanged), so 30 sampler steps with ``camera`` guide 15 of them.
 
 **CFG.** The reference writes CFG as ``ε_c + s(ε_c − ε_u)`` with s = 7.5; our sampler uses the diffusers
 form ``ε_u + w(ε_c − ε_u)``, which is the same thing for ``w = s + 1``: use **cfg 8.5** to match
@@ -69,13 +71,19 @@ Deliberate differences from the reference implementation (also in README):
 * the blocks after the last guided block run with autograd **off** in the guided forward (the reference
   does the same for ``up_blocks.2/3`` in a patched forward; we use a pre-hook, see
   :func:`motion_core.attention.no_grad_after`), and the energy is computed per layer under activation
-  checkpointing, so no layer's full map is kept for the backward pass.
+  checkpointing, so no layer's full map is kept for the backward pass;
+* the **sampler's step count runs**: a schedule made for N steps (the presets: the reference configs' 100 /
+  300 / 200) sampled with n ≠ N steps guides ``round(G·n/N)`` steps (at least 1) with warm-up and cool-down
+  scaled alike, over the same guidance fraction; the reference always runs its config's N. With n = N
+  nothing changes. A scaled schedule that cannot be built (more guided steps than the guided noise range
+  holds) is refused with an error that says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -135,10 +143,11 @@ GUIDED_BLOCKS: dict[str, tuple[str, ...]] = {"animatediff": ("up_blocks.1",), "u
 class MotionCloneConfig:
     """Guidance settings ([LP] configs, section 6.1).
 
-    ``steps`` is the total DDIM step count N (``None``: the sampler request's steps); ``guided_steps`` G
-    are the first G of them, spread over the top ``guidance_fraction`` of the noise range (the config's
-    ``guidance_scale``, which is *not* a CFG weight, quirk Q3); ``warm_up``/``cool_down`` ramp λ in and
-    out; ``weight`` is λ (0 switches guidance off).
+    ``steps`` is the total DDIM step count N the schedule was made for (``None``: any, taken as is);
+    ``guided_steps`` G are the first G of them, spread over the top ``guidance_fraction`` of the noise range
+    (the config's ``guidance_scale``, which is *not* a CFG weight, quirk Q3); ``warm_up``/``cool_down`` ramp
+    λ in and out; ``weight`` is λ (0 switches guidance off). The sampler request's steps are what runs: a
+    config with another ``steps`` is scaled to them by :meth:`for_steps`.
     """
 
     steps: int | None = 100
@@ -149,7 +158,27 @@ class MotionCloneConfig:
     weight: float = 2000.0
 
     def total_steps(self, request_steps: int) -> int:
+        """The step count this schedule was made for (``request_steps`` when it was made for any): the
+        default to give the sampler when nothing else chose one (the CLI without ``--steps``)."""
         return int(self.steps) if self.steps is not None else int(request_steps)
+
+    def for_steps(self, steps: int) -> "MotionCloneConfig":
+        """This schedule on ``steps`` sampler steps (``steps`` set to them).
+
+        Unchanged when it was made for that many or for any (``self.steps`` None); otherwise guided steps,
+        warm-up and cool-down are scaled by ``steps / self.steps`` (rounded half up; at least one guided
+        step), so the guided share of the run stays the reference's. The guidance fraction and λ stay.
+        Whether the result can be built is :meth:`check`'s business."""
+        n = int(steps)
+        if self.steps is None or int(self.steps) == n or int(self.steps) < 1:
+            return replace(self, steps=n)
+        factor = n / int(self.steps)
+
+        def scaled(count: int) -> int:
+            return int(math.floor(count * factor + 0.5))
+
+        return replace(self, steps=n, guided_steps=max(1, scaled(self.guided_steps)), warm_up=scaled(self.warm_up),
+                       cool_down=scaled(self.cool_down))
 
     def check(self, total_steps: int | None = None, num_train_timesteps: int = 1000) -> None:
         """InputError unless the schedule can be built (see :func:`uneven_timesteps`); with
@@ -451,14 +480,32 @@ class MotionCloneGuidance(SamplingHook):
 
     def describe(self) -> str:
         c = self.config
-        return (f"MotionClone λ={c.weight:g}, {c.guided_steps}/{c.steps or 'sampler'} guided steps, fraction "
-                f"{c.guidance_fraction:g}, ramps {c.warm_up}/{c.cool_down} ({self.representation.source})")
+        steps = f"{c.guided_steps}/{c.steps} guided steps (scaled to the sampler's steps)" if c.steps else \
+            f"{c.guided_steps} guided steps"
+        return (f"MotionClone λ={c.weight:g}, {steps}, fraction {c.guidance_fraction:g}, ramps "
+                f"{c.warm_up}/{c.cool_down} ({self.representation.source})")
+
+    def schedule(self, request_steps: int) -> MotionCloneConfig:
+        """The schedule that runs with ``request_steps`` sampler steps (:meth:`MotionCloneConfig.for_steps`)."""
+        return self.config.for_steps(request_steps)
 
     def timesteps(self, model: VideoModel, request: SampleRequest) -> list[int]:
-        total = self.config.total_steps(request.steps)
+        c = self.schedule(request.steps)
         t_max = int(model.scheduler.config.num_train_timesteps)
-        self.config.check(total, t_max)
-        return uneven_timesteps(total, self.config.guided_steps, self.config.guidance_fraction, t_max)
+        made_for = self.config.steps
+        if made_for is not None and int(made_for) != c.steps:
+            log.info("MotionClone: the schedule made for %d steps (%d guided, warm-up %d, cool-down %d) runs on the "
+                     "sampler's %d steps: %d guided, warm-up %d, cool-down %d, guidance fraction %g.", made_for,
+                     self.config.guided_steps, self.config.warm_up, self.config.cool_down, c.steps, c.guided_steps,
+                     c.warm_up, c.cool_down, c.guidance_fraction)
+            try:
+                c.check(c.steps, t_max)
+            except InputError as exc:
+                raise InputError(f"The MotionClone schedule made for {made_for} steps ({self.config.guided_steps} "
+                                 f"guided), scaled to the sampler's {c.steps} steps ({c.guided_steps} guided), cannot "
+                                 f"be built: {exc} Use fewer sampler steps, or the custom preset.") from None
+        c.check(c.steps, t_max)
+        return uneven_timesteps(c.steps, c.guided_steps, c.guidance_fraction, t_max)
 
     def setup(self, state: SamplingState) -> None:
         req, model = state.request, state.model
@@ -477,7 +524,8 @@ class MotionCloneGuidance(SamplingHook):
             self._stack.enter_context(no_grad_after(model.denoiser, last))
 
     def wants_guidance(self, state: SamplingState) -> bool:
-        on = self._energy is not None and self.config.weight > 0 and state.step < self.config.guided_steps
+        guided = self.schedule(state.request.steps).guided_steps
+        on = self._energy is not None and self.config.weight > 0 and state.step < guided
         if on:
             self._energy.arm()
         return on
@@ -487,7 +535,8 @@ class MotionCloneGuidance(SamplingHook):
         loss = self._energy.take()
         if loss is None:
             raise RuntimeError("the guided layers did not run in the conditional forward")
-        ramp = guidance_ramp(state.step, self.config.guided_steps, self.config.warm_up, self.config.cool_down)
+        c = self.schedule(state.request.steps)
+        ramp = guidance_ramp(state.step, c.guided_steps, c.warm_up, c.cool_down)
         self.last_energies.append(float(loss.detach()))
         state.scratch["motion_loss"] = float(loss.detach())
         return loss * (self.config.weight * ramp)
