@@ -283,7 +283,8 @@ def build_full_size_animatediff(root: Path) -> Path:
     if (sd / "model_index.json").is_file() and mm_file.is_file():
         return sd
     torch.manual_seed(0)
-    unet = UNet2DConditionModel()  # diffusers' defaults are SD1.x: 320/640/1280/1280, context 768
+    # SD1.5's UNet: diffusers' defaults (320/640/1280/1280, 2 layers per block, head dim 8) but context 768
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         sample_size=512)
