@@ -322,9 +322,13 @@ def tiny_sparsectrl(unet_config: Any, vae_scale_factor: int, kind: str = "rgb", 
     levels = int(vae_scale_factor).bit_length()  # log2(scale) + 1 conditioning stages
     options = dict(
         in_channels=4, conditioning_channels=4 if kind == "rgb" else 3,
-        down_block_types=tuple(cfg.down_block_types), block_out_channels=tuple(cfg.block_out_channels),
+        # an SD UNet's blocks are the motion UNet's (CrossAttnDownBlock2D -> CrossAttnDownBlockMotion)
+        down_block_types=tuple(b.replace("2D", "Motion") for b in cfg.down_block_types),
+        block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
-        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.num_attention_heads,
+        cross_attention_dim=cfg.cross_attention_dim,
+        # UNet2DConditionModel configs keep SD's legacy head count in attention_head_dim
+        attention_head_dim=getattr(cfg, "num_attention_heads", None) or cfg.attention_head_dim,
         motion_num_attention_heads=4, motion_max_seq_length=32,
         use_simplified_condition_embedding=kind == "rgb",
         conditioning_embedding_out_channels=(16, 32, 64, 64)[:levels],

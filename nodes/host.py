@@ -108,6 +108,19 @@ def models_dirs(kind: str) -> list[Path]:
     return [models_root() / kind]
 
 
+def model_save_dir(kind: str) -> Path:
+    """Where MotionKit writes a file for model kind ``kind`` (an exported LoRA for ``loras`` or
+    ``animatediff_motion_lora``): the folder of that kind inside ComfyUI's own models folder, never one that
+    another pack registered inside its own code folder (AnimateDiff-Evolved lists its ``motion_lora`` folder
+    first; files there would be lost when the pack updates)."""
+    dirs = models_dirs(kind)
+    if folder_paths is not None:
+        models = Path(folder_paths.models_dir).resolve()
+        inside = [d for d in dirs if d.resolve() == models / kind or models in d.resolve().parents]
+        return inside[0] if inside else models / kind
+    return dirs[0]
+
+
 def _is_diffusers_model(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "unet").is_dir() or (
         folder / "transformer").is_dir()

@@ -406,9 +406,9 @@ class MotionKitExportMotionAdapter:
         if not name.lower().endswith(".safetensors"):
             name += ".safetensors"
         if format == "animatediff_evolved":
-            folder = host.models_dirs("animatediff_motion_lora")[0]
+            folder = host.model_save_dir("animatediff_motion_lora")
         elif format == "comfyui_wan":
-            folder = host.models_dirs("loras")[0]
+            folder = host.model_save_dir("loras")
         else:
             folder = host.output_dir() / "MotionKit" / "exports"
         base = MotionModel.wrap(model).base if model is not None else None

@@ -54,8 +54,6 @@ PACK_IGNORE = (".git", ".venv", ".venv-ci", "models", "input", "output", "tmp", 
 #: model names the shipped workflows use -> the tiny model that stands in for them
 TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "zeroscope_v2_576w": ("unet3d", {}),
-    "animatediff_v3_sd15": ("animatediff", {"four_level": True}),  # v3-like: no mid-block motion module
-    "wan2.1_t2v_1.3b_diffusers": ("wan", {"variant": "2.1"}),
     "Wan2.1-T2V-1.3B-Diffusers": ("wan", {"variant": "2.1"}),
 }
 #: full-size stand-ins (random weights) where another pack's loader accepts only the real architecture:
@@ -65,7 +63,7 @@ FULL_SD15 = "stable-diffusion-v1-5"
 FULL_MOTION_ADAPTER = "animatediff-motion-adapter-v1-5-3"
 FULL_AD_MOTION_MODULE = "v3_sd15_mm.ckpt"
 TINY_MODELS[FULL_SD15] = ("animatediff", {"full_size": True})
-#: SparseCtrl folder names the workflows use -> kind (built for the tiny AnimateDiff)
+#: SparseCtrl folder names the workflows use -> kind (built for the full-size SD1.5)
 TINY_SPARSECTRL = {"animatediff-sparsectrl-rgb": "rgb", "animatediff-sparsectrl-scribble": "scribble"}
 
 #: per model family: (width = height, frames) the workflows are lowered to
@@ -210,7 +208,7 @@ def missing_nodes(object_info: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------ models and inputs
 def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
     """Tiny models under every model name the workflows' MotionKit loaders use; returns the names."""
-    from motion_core.tiny import build_tiny_model, build_tiny_sparsectrl
+    from motion_core.tiny import build_tiny_model
 
     built: dict[tuple, Path] = {}
 
@@ -239,8 +237,7 @@ def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
             if node["type"] == "MotionKitLoadSparseCtrl" and values and values[0] in TINY_SPARSECTRL:
                 target = root / "models" / "controlnet" / values[0]
                 if not target.exists():
-                    build_tiny_sparsectrl(target, tiny(*TINY_MODELS["animatediff_v3_sd15"]),
-                                          kind=TINY_SPARSECTRL[values[0]])
+                    build_full_size_sparsectrl(target, build_full_size_animatediff(root), TINY_SPARSECTRL[values[0]])
                 names.append(values[0])
     return sorted(set(names))
 
@@ -317,6 +314,21 @@ def build_full_size_animatediff(root: Path) -> Path:
     mm_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.contiguous() for k, v in original.items()}, mm_file)  # a plain tensor dict: weights_only
     return sd
+
+
+def build_full_size_sparsectrl(folder: Path, sd15: Path, kind: str) -> Path:
+    """A random-weight SparseCtrl (``kind`` rgb or scribble) at the real sizes for the SD1.5 UNet in ``sd15``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from motion_core.tiny import tiny_sparsectrl
+
+    unet = SimpleNamespace(**json.loads((sd15 / "unet" / "config.json").read_text(encoding="utf-8")))
+    controlnet = tiny_sparsectrl(unet, 8, kind, seed=0, motion_num_attention_heads=8,
+                                 conditioning_embedding_out_channels=(16, 32, 96, 256))
+    controlnet.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def provide_inputs(input_dir: Path, prompt: dict, families: dict[str, str]) -> None:
@@ -457,6 +469,8 @@ _ADE_KEY_CHECK = r"""
 import importlib.util, json, sys
 import torch
 sys.path.insert(0, ".")
+import comfy.cli_args
+comfy.cli_args.args.cpu = True  # as the server runs (--cpu): no CUDA here
 import comfy.utils, folder_paths
 pack = "custom_nodes/ComfyUI-AnimateDiff-Evolved"
 spec = importlib.util.spec_from_file_location("ade", pack + "/__init__.py", submodule_search_locations=[pack])
@@ -560,7 +574,12 @@ def main(argv: list[str] | None = None) -> int:
             shown = ", ".join(str(f.relative_to(work)) for f in files[:6]) + (" ..." if len(files) > 6 else "")
             print(f"ok   {path.name}: {seconds:.1f} s, {len(files)} files: {shown}", flush=True)
             for name, mm in ade_motion_loras(path):
-                report = ade_lora_key_check(root, name, mm)
+                try:
+                    report = ade_lora_key_check(root, name, mm)
+                except WorkflowFailed as exc:
+                    failures.append(f"{path.name}: {exc}")
+                    print(f"FAIL {path.name}: {exc}", flush=True)
+                    continue
                 print(f"     AnimateDiff-Evolved on {name} + {mm} ({report['motion_module']}): {report['patches']} "
                       f"patches, {len(report['unmatched'])} unmatched, {len(report['wrong_shape'])} of the wrong shape",
                       flush=True)

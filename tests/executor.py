@@ -435,13 +435,51 @@ class SaveAnimatedWEBP:
 
 
 class _VideoFromComponents:
-    """What ``CreateVideo`` returns (a VIDEO): frames + frame rate."""
+    """What ``CreateVideo`` returns (a VIDEO): frames + frame rate, read back by ``get_components()`` as
+    ``VideoComponents(images, audio, frame_rate)`` (comfy_api/latest/_input_impl/video_types.py)."""
 
     def __init__(self, images: torch.Tensor, frame_rate: Fraction) -> None:
         self.images, self.frame_rate = images, frame_rate
 
     def get_dimensions(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def get_components(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(images=self.images, audio=None, frame_rate=self.frame_rate)
+
+
+class _VideoFromFile(_VideoFromComponents):
+    """What core ``LoadVideo`` returns: a VIDEO decoded when ``get_components()`` is called (every frame)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get_components(self):
+        from motion_core.video import load_video
+
+        clip = load_video(self.path)
+        self.images, self.frame_rate = clip.frames, Fraction(clip.fps).limit_denominator(1001)
+        return super().get_components()
+
+
+class LoadVideo:
+    """Stand-in for core ``LoadVideo`` (comfy_extras/nodes_video.py, a schema node): ``file`` from the input
+    folder (with an upload button) -> VIDEO."""
+
+    CATEGORY = "image/video"
+    RETURN_TYPES = ("VIDEO",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        folder = host.input_dir()
+        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        return {"required": {"file": (files, {"video_upload": True})}}
+
+    def execute(self, file):
+        return (_VideoFromFile(host.input_dir() / file),)
 
 
 class CreateVideo:
@@ -552,6 +590,7 @@ STAND_INS: dict[str, type] = {
     "SaveVideo": SaveVideo,
     "PreviewImage": PreviewImage,
     "LoadImage": LoadImage,
+    "LoadVideo": LoadVideo,
 }
 
 

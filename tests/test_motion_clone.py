@@ -95,28 +95,10 @@ class Record(SamplingHook):
 
 
 def tiny_sparsectrl(model, kind="rgb", seed=0, **overrides):
-    """A SparseCtrl ControlNet shaped like the tiny 4-level UNet (random weights, zero-init blocks perturbed)."""
-    from diffusers import SparseControlNetModel
+    """A SparseCtrl ControlNet shaped like the tiny model's UNet (motion_core.tiny.tiny_sparsectrl)."""
+    from motion_core.tiny import tiny_sparsectrl as build
 
-    cfg = model.denoiser.config
-    scribble_levels = (16, 32, 64, 64)[: int(torch.log2(torch.tensor(model.vae_scale_factor))) + 1]
-    options = dict(
-        in_channels=4, conditioning_channels=4 if kind == "rgb" else 3,
-        down_block_types=tuple(cfg.down_block_types), block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
-        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.num_attention_heads,
-        motion_num_attention_heads=4, motion_max_seq_length=32,
-        use_simplified_condition_embedding=kind == "rgb",
-        conditioning_embedding_out_channels=scribble_levels,
-    )
-    options.update(overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        controlnet = SparseControlNetModel(**options)
-        with torch.no_grad():
-            for p in controlnet.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-    return controlnet.eval().requires_grad_(False)
+    return build(model.denoiser.config, model.vae_scale_factor, kind, seed, **overrides)
 
 
 # --------------------------------------------------------------------------------------------- spec tables
@@ -543,10 +525,10 @@ def _workflow_prompt(name, dirs, tiny_animatediff4_paths, classes, *, steps=3):
     from workflow_convert import ui_to_api
 
     wf = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
-    dirs.link_model("tiny_animatediff4", tiny_animatediff4_paths.pipeline)
-    for node in wf["nodes"]:
-        if node["type"] == "MotionKitLoadVideoModel":
-            node["widgets_values"][0] = "tiny_animatediff4"
+    (loader,) = [n for n in wf["nodes"] if n["type"] == "MotionKitLoadVideoModel"]
+    sd15, adapter = loader["widgets_values"][0], loader["widgets_values"][5]  # the folders the note names
+    dirs.link_model(sd15, tiny_animatediff4_paths.sd15)
+    dirs.link_model(adapter, tiny_animatediff4_paths.motion_adapter)
     prompt = ui_to_api(wf, classes)
     for node in prompt.values():
         inputs = node["inputs"]

@@ -116,14 +116,19 @@ def test_layout_finds_a_preview_that_covers_the_node_below():
 
 
 def _other_pack_nodes() -> set[str]:
-    """Node ids the community packs beside the host register (read from their source, not imported)."""
+    """Node ids that ComfyUI itself and the community packs beside it register, read from their source (not
+    imported: the host needs its own venv). Workflows using them are validated by the real host."""
     import re
 
+    shared = REPO.parent / "shared"
+    sources = [shared / "comfyui" / "nodes.py", *(shared / "comfyui" / "comfy_extras").glob("nodes_*.py"),
+               *(shared / "comfyui_custom_nodes").rglob("*.py")]
     names = set()
-    for source in (REPO.parent / "shared" / "comfyui_custom_nodes").rglob("*.py"):
-        names.update(re.findall(r'"((?:VHS|ADE)_[A-Za-z0-9_]+)"\s*:', source.read_text(encoding="utf-8",
-                                                                                           errors="replace")))
-    return names
+    for source in sources:
+        text = source.read_text(encoding="utf-8", errors="replace")
+        names.update(re.findall(r'^\s*"([A-Za-z][A-Za-z0-9_]+)"\s*:\s*[A-Za-z_][A-Za-z0-9_.]*,', text, re.M))
+        names.update(re.findall(r'node_id="([A-Za-z][A-Za-z0-9_]+)"', text))  # schema (V3) nodes
+    return names - set(ALL_CLASSES)
 
 
 OTHER_PACK_NODES = _other_pack_nodes()
