@@ -530,6 +530,34 @@ def run_workflow(server: Server, path: Path, object_info: dict, timeout: float) 
     return seconds, sorted(set(files) | set(written))
 
 
+def check_in_frontend(server: Server, paths: list[Path], playwright_dir: Path) -> list[str]:
+    """Load the workflows in the real frontend (after the run, so inputs and outputs exist) and report nodes
+    whose boxes, as the frontend draws them once previews loaded, meet (title bars included)."""
+    from workflow_layout import TITLE
+
+    out = server.work / "frontend"
+    out.mkdir(exist_ok=True)
+    script = REPO / "tests" / "frontend" / "load_workflows.mjs"
+    shutil.copy(script, playwright_dir / script.name)  # node resolves playwright-core beside the script
+    done = subprocess.run(["node", str(playwright_dir / script.name), server.url, str(out), *map(str, paths)],
+                          cwd=playwright_dir, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        return [f"frontend check failed: {done.stderr[-2000:]}"]
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))["report"]
+    problems = []
+    for name, info in report.items():
+        boxes = [(n["id"], n["type"], n["pos"][0], n["pos"][1] - TITLE, n["pos"][0] + n["size"][0],
+                  n["pos"][1] + n["size"][1]) for n in info["nodes"]]
+        met = [(a[1], b[1]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+               if a[2] < b[4] and b[2] < a[4] and a[3] < b[5] and b[3] < a[5]]
+        tallest = max(((n["type"], round(n["size"][1])) for n in info["nodes"]), key=lambda x: x[1])
+        print(f"     frontend: {name}: zoom {info['scale']}, {len(info['nodes'])} nodes, tallest {tallest}, "
+              f"{len(met)} overlapping", flush=True)
+        if met:
+            problems.append(f"{name}.json: nodes overlap in the frontend: {met}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", type=Path, default=REPO.parent / "shared" / "comfyui")
@@ -538,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="keep everything here (default: a temp folder)")
     parser.add_argument("--only", nargs="*", default=None, help="workflow file names (default: all)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per workflow")
+    parser.add_argument("--frontend", type=Path, default=None,
+                        help="also load every workflow in the real frontend with headless Chromium: a folder with "
+                             "node_modules/playwright-core (npm i playwright-core; Debian's chromium); screenshots "
+                             "and the measured node boxes go to WORK/frontend")
     args = parser.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="motionkit-host-"))
@@ -585,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if report["unmatched"] or report["wrong_shape"] or not report["patches"]:
                     failures.append(f"{path.name}: ADE does not apply all of {name}: {report}")
+        if args.frontend is not None:
+            failures.extend(check_in_frontend(server, paths, args.frontend))
     finally:
         server.stop()
     if failures:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 TITLE = 30
 GAP_X, GAP_Y = 60, 50
-#: nodes that show a video under their widgets once the file loads (total height, HOST.md)
-VIDEO_PREVIEW_HEIGHT = {"MotionKitLoadReferenceVideo": 640, "VHS_LoadVideo": 680, "LoadVideo": 640}
+#: nodes that show a video under their widgets once the file loads: total height, with a margin over what
+#: frontend 1.27.10 drew for our workflows (Load Reference Video 614, core Load Video 454, VHS Load Video 684)
+VIDEO_PREVIEW_HEIGHT = {"MotionKitLoadReferenceVideo": 640, "VHS_LoadVideo": 720, "LoadVideo": 640}
 #: nodes that show an image: the image is drawn as wide as the node, under the widgets
 IMAGE_NODES = {"LoadImage", "SaveAnimatedWEBP", "PreviewImage", "SaveImage", "SaveVideo", "VHS_VideoCombine",
                "SaveAnimatedPNG"}
