@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import MotionKitError
+from .errors import InputError, MotionKitError
 
 log = logging.getLogger("motion_core")
 
@@ -60,6 +60,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: auto)")
 
 
+def at_least(action: argparse.Action, minimum: float, *, exclusive: bool = False) -> argparse.Action:
+    """Mark an option's smallest valid value; :func:`main` refuses anything below it (from the command line or
+    the YAML config) with a MotionKit error, instead of a value silently standing for something else."""
+    action.minimum = (minimum, exclusive)  # type: ignore[attr-defined]
+    return action
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     from .sampling import SCHEDULERS
 
@@ -67,16 +74,20 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", action="append", help="text prompt; repeat the option for several videos "
                    f"(default: '{DEFAULT_PROMPT}')")
     g.add_argument("--negative-prompt", default="", help="negative prompt for classifier-free guidance")
-    g.add_argument("--steps", type=int, help="denoising steps (default 25; 10 for the smoke test)")
+    at_least(g.add_argument("--steps", type=int, help="denoising steps, at least 1 (default 25; 10 for the smoke "
+                            "test)"), 1)
     g.add_argument("--cfg", type=float, default=9.0, help="classifier-free guidance scale, diffusers "
                    "convention: 1 = off (default 9)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same video")
-    g.add_argument("--width", type=int, help="width in pixels, a multiple of the model's size multiple "
-                   "(default: the model's own size)")
-    g.add_argument("--height", type=int, help="height in pixels (default: the model's own size)")
-    g.add_argument("--frames", type=int, help="number of frames (default: the model's default, 16)")
+    at_least(g.add_argument("--width", type=int, help="width in pixels, a multiple of the model's size multiple "
+                            "(default: the model's own size)"), 1)
+    at_least(g.add_argument("--height", type=int, help="height in pixels (default: the model's own size)"), 1)
+    at_least(g.add_argument("--frames", type=int, help="number of frames, at least 1 (default: the model's own: 16 "
+                            "for ZeroScope, ModelScope and AnimateDiff, 81 for Wan 2.1 / 2.2 A14B, 121 for Wan 2.2 "
+                            "TI2V-5B; 8 for the smoke test)"), 1)
     g.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default ddim)")
-    g.add_argument("--fps", type=float, default=8.0, help="frame rate of the written mp4 (default 8)")
+    at_least(g.add_argument("--fps", type=float, default=8.0, help="frame rate of the written mp4 (default 8)"), 0,
+             exclusive=True)
     g.add_argument("--out", default="clip.mp4", help="output .mp4 path; with several prompts/videos, "
                    "'_<n>' is added before the extension")
 
@@ -141,6 +152,19 @@ def output_paths(out: str | Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
+#: bytes ``write_video`` adds to a file name while writing it atomically (``.<name>.<8 hex>.tmp``)
+VIDEO_TEMP_BYTES = len(".." + "0" * 8 + ".tmp")
+
+
+def check_out(out: str | Path, count: int) -> None:
+    """InputError, before any work, when an output file name (with ``_<n>`` and the temporary's suffix added)
+    cannot be written on every platform."""
+    from .names import check_output_path
+
+    for path in output_paths(out, count):
+        check_output_path(path, "--out", VIDEO_TEMP_BYTES)
+
+
 def write_videos(frames, out: str | Path, fps: float) -> list[Path]:
     from .video import write_video
 
@@ -165,11 +189,12 @@ def run_sample(args: argparse.Namespace) -> int:
     from .adapters import apply_adapter_arguments
     from .sampling import SampleRequest, sample
 
+    prompts = prompt_list(args.prompt)
+    check_out(args.out, len(prompts))
     model, smoke = load_model_from_args(args)
     model = apply_adapter_arguments(model, args)  # --adapter / --noise-prior (MotionDirector issue)
-    prompts = prompt_list(args.prompt)
     request = SampleRequest(prompt=prompts, negative_prompt=args.negative_prompt, width=args.width,
-                            height=args.height, num_frames=args.frames, steps=args.steps or 25,
+                            height=args.height, num_frames=args.frames, steps=25 if args.steps is None else args.steps,
                             cfg=args.cfg, seed=args.seed, scheduler=args.scheduler)
     result = sample(model, request, progress=print_progress("sampling"))
     paths = write_videos(result.frames, args.out, args.fps)
@@ -202,32 +227,123 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file with option values (keys = long option names)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}  # type: ignore[attr-defined]
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", help="YAML file with option values (keys = long option names)")
+        # SUPPRESS: an absent sub-command --config must not hide one given before the command
+        p.add_argument("--config", default=argparse.SUPPRESS,
+                       help="YAML file with option values (keys = long option names)")
         add_arguments(p)
         p.set_defaults(run=run)
+        parser.commands[name] = p  # type: ignore[attr-defined]
     return parser
 
 
+def _given_options(command: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options given on the command line (also through aliases such as ``--lr`` and
+    unambiguous abbreviations argparse accepts)."""
+    table = command._option_string_actions
+    given = set()
+    for token in argv:
+        if not token.startswith("-") or token == "-":
+            continue
+        option = token.split("=", 1)[0]
+        action = table.get(option)
+        if action is None and option.startswith("--"):
+            matches = {a for o, a in table.items() if o.startswith(option)}
+            action = next(iter(matches)) if len(matches) == 1 else None
+        if action is not None:
+            given.add(action.dest)
+    return given
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value converted and checked as argparse converts and checks the same option on the command line."""
+    option = action.option_strings[-1] if action.option_strings else action.dest
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{where}: {value!r} is not a valid value for {option} ({why}).")
+
+    if value is None:
+        return action.default
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise bad("write true or false")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+
+    def one(item: Any) -> Any:
+        if isinstance(item, (list, dict)):
+            raise bad("a single value is expected here")
+        if action.type in (int, float) and isinstance(item, bool):
+            raise bad("a number is expected")
+        try:
+            converted = action.type(str(item)) if action.type is not None else str(item)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            kind = {int: "a whole number", float: "a number"}.get(action.type, "another value")  # type: ignore[arg-type]
+            raise bad(f"{kind} is expected: {exc}") from None
+        if action.choices is not None and converted not in action.choices:
+            raise bad(f"choose one of {', '.join(map(str, action.choices))}")
+        return converted
+
+    if isinstance(action, argparse._AppendAction):
+        if action.dest == "option" and isinstance(value, dict):  # --option as a mapping
+            return value
+        return [one(v) for v in (value if isinstance(value, list) else [value])]
+    return one(value)
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
-    if not getattr(args, "config", None):
+    path_text = getattr(args, "config", None)
+    if not path_text:
         return
     import yaml
 
-    path = Path(args.config)
+    path = Path(str(path_text))
     if not path.is_file():
-        raise MotionKitError(f"Config file {path} does not exist.")
-    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        raise InputError(f"Config file {path} does not exist{' (it is a folder)' if path.is_dir() else ''}. Check the "
+                         f"path (a relative path starts in {Path.cwd()}), or leave out --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"Config file {path} is not valid YAML: {problem}{where}. Fix that line: the file holds one "
+                         "'option-name: value' per line, e.g. 'steps: 300' or 'prompt: \"a car driving\"' (quote "
+                         "text with ':' or '#'; close every quote and bracket).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Config file {path} cannot be read ({exc}); it must be a UTF-8 text (YAML) file.") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise MotionKitError(f"Config file {path} must hold a mapping of option names to values.")
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+        raise InputError(f"Config file {path} must hold a mapping of option names to values ('steps: 300' per "
+                         f"line), not a {type(data).__name__}.")
+    command = getattr(parser, "commands", {}).get(args.command)
+    actions = {a.dest: a for a in (command._actions if command is not None else []) if a.option_strings}
+    given = _given_options(command, argv) if command is not None else set()
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if not hasattr(args, dest):
-            raise MotionKitError(f"Config file {path}: unknown option '{key}'.")
+        action = actions.get(dest)
+        if action is None or dest in ("help", "config"):
+            raise InputError(f"Config file {path}: unknown option '{key}' for '{args.command}' (see "
+                             f"'python -m motion_core {args.command} --help' for the option names).")
         if dest not in given:
-            setattr(args, dest, value)
+            setattr(args, dest, _config_value(action, value, f"Config file {path}, '{key}'"))
+
+
+def _check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values below an option's minimum (:func:`at_least`) -- never read them as 'the default'."""
+    command = getattr(parser, "commands", {}).get(args.command)
+    for action in (command._actions if command is not None else []):
+        limit = getattr(action, "minimum", None)
+        value = getattr(args, action.dest, None)
+        if limit is None or value is None:
+            continue
+        minimum, exclusive = limit
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (int, float)) and (v < minimum or (exclusive and v == minimum)):
+                bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
+                raise InputError(f"{action.option_strings[0]} must be {bound}, got {v:g}. Leave it out to use the "
+                                 "default (see --help).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _apply_config(parser, argv, args)
+        _check_limits(parser, args)
         return int(args.run(args) or 0)
     except MotionKitError as exc:
         print(f"error: {exc}", file=sys.stderr)

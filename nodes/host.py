@@ -305,24 +305,18 @@ def file_fingerprint(path: Path | str) -> str:
 
 
 def safe_filename(name: str) -> str:
-    """``name`` when it is a plain file name; :class:`InputError` for anything that could leave the folder
-    it is written to (path separators, ``..``, absolute paths, drive letters, control characters).
+    """``name`` when it is a plain file name that can be written on every platform; :class:`InputError` for
+    anything that could leave the folder it is written to (path separators, ``..``, absolute paths, drive
+    letters, control characters), that Windows refuses (``CON``, ``nul.txt``, ``a?b``, a trailing dot), or that
+    is too long for a file name once MotionKit adds its suffixes (``<name>_high_noise.safetensors``, the
+    temporaries of atomic writes; :data:`motion_core.names.MAX_NAME_BYTES` bytes at most).
 
-    Every node that writes a file passes its user-given name through this.
+    Every node that writes a file passes its user-given name through this (Train nodes already in
+    ``VALIDATE_INPUTS``, so a bad name is refused when the prompt is queued, not after training).
     """
-    if not isinstance(name, str):
-        raise InputError(f"File name must be text, got {type(name).__name__}.")
-    stripped = name.strip()
-    if not stripped or stripped in (".", ".."):
-        raise InputError(f"File name {name!r} is empty or not a file name. Use a plain name like 'my_motion'.")
-    if "/" in stripped or "\\" in stripped or ".." in stripped:
-        raise InputError(f"File name {name!r} must not contain '/', '\\' or '..': give a plain name, "
-                         "the file goes into MotionKit's own folder.")
-    if os.path.isabs(stripped) or (len(stripped) > 1 and stripped[1] == ":"):
-        raise InputError(f"File name {name!r} must not be an absolute path: give a plain name.")
-    if any(ord(c) < 32 for c in stripped):
-        raise InputError(f"File name {name!r} contains control characters.")
-    return stripped
+    from motion_core.names import check_file_name
+
+    return check_file_name(name, "File name")
 
 
 # ------------------------------------------------------------------------------------------ device

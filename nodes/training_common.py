@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from motion_core.errors import InputError
+from motion_core.names import MAX_NAME_BYTES
 from motion_core.video import to_comfy_image
 
 from . import host
@@ -43,7 +44,7 @@ def checkpoint_choices() -> list[str]:
     if root.is_dir():
         for run in sorted(p for p in root.iterdir() if p.is_dir()):
             for ckpt in sorted(run.glob("checkpoint-*")):
-                if (ckpt / "trainer_state.json").is_file():
+                if (ckpt / "trainer_state.json").is_file() and _inside(ckpt, root):
                     found.append(f"{run.name}/{ckpt.name}")
     return found
 
@@ -52,18 +53,52 @@ def resume_choices() -> list[str]:
     return [NONE, LATEST] + checkpoint_choices()
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` -- symlinks resolved -- is ``root`` or lies inside it (also resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # outside, or a symlink loop
+        return False
+    return True
+
+
 def resolve_resume(name: str, resume_from: str | None) -> Path | None:
-    """The checkpoint folder a ``resume_from`` choice names (``latest`` = the newest of this save name)."""
-    run_dir = training_root() / name
+    """The checkpoint folder a ``resume_from`` choice names (``latest`` = the newest of this save name).
+
+    Only checkpoints inside the training folder are accepted: a choice is a ``<save name>/checkpoint-N`` name
+    relative to it, never an absolute path, a ``..`` or a symlink that leads elsewhere (it is typed into a
+    workflow that may come from someone else)."""
+    root = training_root()
     if resume_from == LATEST:
-        if run_dir.is_dir() and any(run_dir.glob("checkpoint-*")):
+        run_dir = root / name
+        if run_dir.is_dir() and not _inside(run_dir, root):
+            raise InputError(f"resume_from 'latest': the run folder {run_dir} leads outside the training folder {root} "
+                             "(a symbolic link); only checkpoints inside it are resumed. Pick 'none' to start a new "
+                             "run.")
+        if run_dir.is_dir() and any((c / "trainer_state.json").is_file() for c in run_dir.glob("checkpoint-*")):
             return run_dir
-        raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet.")
+        raise InputError(f"resume_from 'latest': there is no checkpoint of '{name}' in {run_dir} yet (no earlier "
+                         "run of this save_name was interrupted or checkpointed). Pick 'none' to start a new run, or "
+                         "the save_name of the run to continue.")
     if resume_from in (None, "", NONE):
         return None
-    resume = training_root() / Path(str(resume_from))
-    if ".." in Path(str(resume_from)).parts or not resume.is_dir():
-        raise InputError(f"Checkpoint '{resume_from}' was not found in {training_root()}.")
+    text = str(resume_from).strip().replace("\\", "/")
+    rel = Path(text)
+    if rel.is_absolute() or rel.drive or text.startswith("/") or text[1:2] == ":" or ".." in rel.parts:
+        raise InputError(f"Checkpoint '{resume_from}' is not inside the training folder {root}: resume_from takes "
+                         "only checkpoints listed there (<save name>/checkpoint-N), not a path elsewhere. Move the "
+                         "run folder into it, or pick 'none' to start a new run.")
+    resume = root / rel
+    if not resume.is_dir():
+        raise InputError(f"Checkpoint '{resume_from}' was not found in {root}. Pick one that is listed, 'latest', "
+                         "or 'none' to start a new run.")
+    if not _inside(resume, root):
+        raise InputError(f"Checkpoint '{resume_from}' leads outside the training folder {root} (a symbolic link): "
+                         "resume_from takes only checkpoints inside it. Pick 'none' to start a new run.")
+    if not (resume / "trainer_state.json").is_file() and not any(
+            (c / "trainer_state.json").is_file() for c in resume.glob("checkpoint-*")):
+        raise InputError(f"'{resume_from}' in {root} is not a MotionKit training checkpoint (it has no "
+                         "trainer_state.json). Pick a <save name>/checkpoint-N folder, or 'none' to start a new run.")
     return resume
 
 
@@ -77,9 +112,11 @@ def training_config(save_name: str, *, steps: int, seed: int, frames: int, fps: 
     from motion_core.training import PreviewConfig, TrainingConfig
 
     prompt = str(preview_prompt).strip()
+    # checkpoint_every 0 means what its tooltip says: one checkpoint at the end (the trainer reads 0 as "none")
+    every = int(checkpoint_every) or int(steps)
     return TrainingConfig(
         steps=int(steps), seed=int(seed), frames=int(frames), fps=fps, width=int(width), height=int(height),
-        checkpoint_every=int(checkpoint_every), validate_every=int(preview_every),
+        checkpoint_every=every, validate_every=int(preview_every),
         mixed_precision=str(mixed_precision), gradient_checkpointing=bool(gradient_checkpointing),
         run_dir=str(training_root() / save_name), save_name=save_name, adapters_dir=str(host.motion_adapters_dir()),
         preview=PreviewConfig(prompts=[prompt] if prompt else [], steps=int(preview_steps), cfg=float(preview_cfg),
@@ -193,8 +230,9 @@ def checkpoint_every_input(default: int) -> tuple:
 def save_name_input(default: str) -> tuple:
     return ("STRING", {
         "default": default,
-        "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders). An existing "
-                   "file of that name is replaced."})
+        "tooltip": "File name of the adapter in models/motion_adapters (a plain name, no folders; at most "
+                   f"{MAX_NAME_BYTES} bytes; names Windows reserves such as CON or NUL are refused on every system). "
+                   "An existing file of that name is replaced."})
 
 
 def seed_input(what: str) -> tuple:
@@ -280,7 +318,9 @@ def core_video_input() -> tuple:
 
 # ------------------------------------------------------------------------------------------ validation
 def save_name_problem(save_name: str | None) -> str | bool:
-    """``VALIDATE_INPUTS`` answer for a save name: True, or the message of why it cannot be a file name."""
+    """``VALIDATE_INPUTS`` answer for a save name: True, or the message of why it cannot be a file name on every
+    platform with every suffix a run adds (:func:`host.safe_filename`), so a bad name is refused when the prompt
+    is queued, not after the last training step."""
     if save_name is not None:
         try:
             host.safe_filename(save_name)
@@ -301,5 +341,5 @@ def training_problem(save_name: str | None, resume_from: str | None) -> str | bo
     try:
         resolve_resume(host.safe_filename(save_name) if save_name is not None else "", resume_from)
     except InputError as exc:
-        return f"{exc} Pick 'none' to start a new run."
+        return str(exc)
     return True

@@ -63,8 +63,10 @@ __all__ = [
     "list_adapters",
     "load_adapter",
     "read_adapter_file",
+    "read_reference_pt",
     "register_adapter_kind",
     "register_reference_importer",
+    "safetensors_error",
     "save_adapter",
     "save_named_adapter",
     "write_safetensors",
@@ -116,16 +118,12 @@ def default_adapters_dir() -> Path:
 
 
 def check_save_name(name: str) -> str:
-    """A plain file name (no folders, no ``..``, no control characters) or InputError."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError("The save name is empty: give a plain name such as 'my_motion'.")
-    stripped = name.strip()
-    if "/" in stripped or "\\" in stripped or ".." in stripped or stripped in (".",):
-        raise InputError(f"Save name {name!r} must not contain '/', '\\' or '..': give a plain name; the file goes "
-                         "into the motion adapters folder.")
-    if os.path.isabs(stripped) or (len(stripped) > 1 and stripped[1] == ":") or any(ord(c) < 32 for c in stripped):
-        raise InputError(f"Save name {name!r} is not a plain file name.")
-    return stripped
+    """A plain file name that every platform can write with every suffix MotionKit adds (no folders, no
+    ``..``, no control characters, nothing Windows reserves, not too long: :mod:`motion_core.names`) or
+    InputError."""
+    from ..names import check_file_name
+
+    return check_file_name(name, "Save name")
 
 
 def adapter_path(name: str, folder: str | os.PathLike | None = None) -> Path:
@@ -163,19 +161,99 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     return path
 
 
+def safetensors_error(path: str | os.PathLike, exc: BaseException, what: str = "a MotionKit file") -> InputError:
+    """The InputError for a ``.safetensors`` file safetensors cannot open: what is wrong with it (cut off,
+    not a safetensors file at all) and what to do."""
+    path = Path(path)
+    detail = str(exc).strip() or type(exc).__name__
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    low = detail.lower()
+    if 0 <= size < 8 or "too small" in low:
+        why = f"it is empty or almost ({size} bytes)"
+    elif "incomplete" in low or "not fully covered" in low or "invalid header length" in low or "eof" in low:
+        why = "it is incomplete: the file was cut off (an interrupted download, copy or save)"
+    else:
+        why = "it does not start with a safetensors header: it is another kind of file, or damaged"
+    return InputError(f"{path.name} is not a readable .safetensors file: {why} (safetensors: {detail}). Get or copy "
+                      f"the file again, or save it again with the tool that made it; {what} is written by MotionKit's "
+                      "nodes or 'python -m motion_core'.")
+
+
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Motion adapter file {path} does not exist.")
+        raise InputError(f"Motion adapter file {path} does not exist. Check the path, or give the name of a file in "
+                         f"the motion adapters folder ({default_adapters_dir()}).")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise InputError(f"{path} is not a readable .safetensors file ({exc}).") from exc
+        raise safetensors_error(path, exc, "a motion adapter") from None
     return tensors, metadata
+
+
+def _foreign_file_message(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """Why a readable ``.safetensors`` without MotionKit's adapter metadata is not a motion adapter, and what
+    it probably is."""
+    keys = sorted(tensors)
+    fmt = metadata.get("format", "")
+    example = f" (tensors like {keys[0]!r})" if keys else ""
+    if fmt == "motionkit.motion_representation":
+        what = ("a MotionClone motion representation, not a motion adapter: load it with Load Motion Representation "
+                "(CLI: 'clone --representation')")
+    elif fmt == "motionkit.training_checkpoint" or path.name in (
+            "trainable.safetensors", "optimizer.safetensors", "cache.safetensors") or path.name.startswith("rng_rank"):
+        what = ("part of a MotionKit training checkpoint, not an adapter: continue that run with resume_from "
+                "(CLI: 'train --resume <run folder>'); the finished adapter is models/motion_adapters/<save name>."
+                "safetensors")
+    elif metadata.get("source_format") == FORMAT:
+        what = (f"a MotionKit adapter exported to the '{fmt or 'unknown'}' format for other tools: load the original "
+                "MotionKit file (models/motion_adapters/<save name>.safetensors) instead")
+    elif not keys:
+        what = "a .safetensors file that holds no tensors and no MotionKit metadata"
+    elif any("lora" in k.lower() for k in keys):
+        what = (f"a LoRA of another tool{example}, without MotionKit's metadata: an image or video LoRA for ComfyUI "
+                "belongs in models/loras and its own Load LoRA node")
+    elif any(k.startswith(("model.diffusion_model.", "diffusion_model.", "first_stage_model.")) for k in keys):
+        what = f"a model checkpoint{example}: it belongs in models/checkpoints or models/diffusion_models"
+    else:
+        what = f"a .safetensors file of another tool{example}, with {len(keys)} tensor(s) and no MotionKit metadata"
+    return (f"{path.name} is not a MotionKit motion adapter: it is {what}. A motion adapter is a file saved by a "
+            "MotionKit Train node or 'python -m motion_core train' (metadata format 'motionkit.motion_adapter'), a "
+            "MotionDirector reference .pt, or an AnimateDiff-Evolved motion LoRA.")
+
+
+def read_reference_pt(path: str | os.PathLike, what: str) -> Any:
+    """The content of a reference ``.pt`` read with ``torch.load(weights_only=True)`` -- never anything that
+    runs code. InputError in MotionKit's words when the file is refused: a pickle that would run code (or build
+    objects other than tensors) is named as such and was not loaded; a damaged file is called damaged."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist. Check the path, or put the file in the motion adapters folder.")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL\s+([\w.$<>]+)", str(exc))
+        holds = what[:1].upper() + what[1:]
+        if found:
+            raise InputError(
+                f"{path.name} was NOT loaded: it contains code -- a pickle reference to {found.group(1)} that would be "
+                "called when the file is unpickled. MotionKit reads .pt files only as plain tensors, so nothing in it "
+                f"ran. {holds} holds tensors only: unless you know who made this file and why, delete it, and get "
+                "the original file (or a .safetensors version of it) from its source.") from None
+        raise InputError(f"{path.name} was not loaded: it is not a PyTorch file of plain tensors (damaged, or another "
+                         f"format). {holds} holds tensors only: get the original file again.") from None
+    except Exception as exc:  # zip errors of a cut-off file, I/O errors
+        raise InputError(f"{path.name} cannot be read as {what}: the file is damaged or incomplete (an interrupted "
+                         f"download or copy?) or not a PyTorch file ({type(exc).__name__}). Get it again.") from None
 
 
 # ============================================================================================ MotionKit format
@@ -288,13 +366,16 @@ def load_adapter(name_or_path: str | os.PathLike, folder: str | os.PathLike | No
         root = Path(folder if folder is not None else default_adapters_dir())
         rel = str(name_or_path)
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise InputError(f"Motion adapter {rel!r} does not exist.")
+            raise InputError(f"Motion adapter {rel!r} does not exist. Check the path, or give the name of a file in "
+                             f"the motion adapters folder ({root}).")
         candidates = [root / rel] + [root / (rel + ext) for ext in ADAPTER_EXTENSIONS]
         path = next((c for c in candidates if c.is_file()), None)  # type: ignore[assignment]
         if path is None:
             raise InputError(f"Motion adapter {rel!r} was not found in {root}. Train one first, or put the file "
                              "there.")
     if path.suffix.lower() in (".pt", ".pth"):
+        # a file that would run code, or a damaged one, is refused here in MotionKit's words before any importer
+        read_reference_pt(path, "a reference .pt (a MotionDirector LoRA list, a Motion Inversion motion_embed.pt)")
         _load_method_kinds()
         for importer in REFERENCE_IMPORTERS:
             imported = importer(path)
@@ -305,8 +386,7 @@ def load_adapter(name_or_path: str | os.PathLike, folder: str | os.PathLike | No
     if metadata.get("format") != FORMAT:
         if any(".motion_modules." in k and "_lora." in k for k in tensors):
             return import_animatediff_evolved(path)
-        raise AdapterMismatchError(f"{path.name} is not a MotionKit motion adapter (format "
-                                   f"{metadata.get('format', 'unknown')!r}).")
+        raise AdapterMismatchError(_foreign_file_message(path, tensors, metadata))
     version = int(metadata.get("format_version", "0") or 0)
     if version > FORMAT_VERSION:
         raise AdapterMismatchError(f"{path.name} was written by a newer MotionKit (format version {version}); "
@@ -330,12 +410,7 @@ def import_reference_lora(path: str | os.PathLike, role: str | None = None) -> M
     per layer; it is split into ``spatial_0..spatial_{N-1}`` when the model is known (activation).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist.")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path.name} cannot be read as a MotionDirector .pt LoRA list ({exc}).") from exc
+    data = read_reference_pt(path, "a MotionDirector .pt LoRA list")
     if not isinstance(data, (list, tuple)) or not data or len(data) % 2 or not all(torch.is_tensor(t) for t in data):
         raise AdapterMismatchError(
             f"{path.name} is not a MotionDirector list-format LoRA (expected a list [up, down, up, down, ...] of "

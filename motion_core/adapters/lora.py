@@ -31,6 +31,7 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -632,6 +633,32 @@ class MotionLoRA:
                 f"This motion adapter was trained on '{self.base_model}', but the model is "
                 f"'{model.base_model}'. Use the same base model; if the two share an architecture (e.g. "
                 "ZeroScope and ModelScope) and you want to try anyway, turn off the base-model check.")
+        self._check_layers(model)
+
+    def _check_layers(self, model: "VideoModel") -> None:
+        """AdapterMismatchError, before anything is installed, when a set names layers the model does not have:
+        how many, what the adapter's and the model's layer names look like, and the likely cause."""
+        modules = dict(lora_root(model).named_modules())
+        for s in self.sets:
+            if s.ordered:  # reference .pt lists: matched by order in _resolve_ordered, with its own checks
+                continue
+            missing = sorted(n for n in s.weights if n not in modules)
+            if not missing:
+                continue
+            linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) and ".lora_" not in n
+                      and not n.endswith(".base_layer")]
+            leaf = missing[0].rsplit(".", 1)[-1]  # show the model's layers of the same kind first (to_q, ...)
+            examples = ([n for n in linear if n.rsplit(".", 1)[-1] == leaf] or linear)[:2]
+            how_many = "none" if len(missing) == len(s.weights) else f"{len(missing)}"
+            where = f" ({Path(self.source).name})" if self.source else ""
+            raise AdapterMismatchError(
+                f"The motion adapter{where} does not fit this model: {how_many} of the {len(s.weights)} layers of "
+                f"its LoRA set {s.name!r} exist in it. The adapter's layers look like {missing[0]!r}"
+                f"{', ' + repr(missing[-1]) if len(missing) > 1 else ''}; this {model.family} model "
+                f"({model.base_model or 'unnamed'}) has {len(linear)} linear layers like "
+                f"{', '.join(repr(n) for n in examples) or 'none'}. The adapter was most likely trained on another "
+                f"model family or base model{' (it says ' + self.family + ')' if self.family else ''}, or another "
+                "configuration of it: apply it to the model it was trained on, or train an adapter on this model.")
 
     def resolved(self, model: "VideoModel") -> "MotionLoRA":
         """Checks compatibility and maps reference-ordered sets onto the model's layer names."""

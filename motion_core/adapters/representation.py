@@ -213,13 +213,16 @@ class MotionRepresentation:
 
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"Motion representation {path} does not exist.")
+            raise InputError(f"Motion representation {path} does not exist. Check the path, or save one first (Save "
+                             "Motion Representation; CLI: 'clone --save-representation').")
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
         except Exception as exc:  # a truncated or foreign file
-            raise InputError(f"{path.name} is not a readable .safetensors file ({exc}).") from None
+            from .files import safetensors_error
+
+            raise safetensors_error(path, exc, "a motion representation") from None
         if meta.get("format") != FORMAT:
             raise InputError(f"{path.name} is not a MotionKit motion representation (it may be a LoRA or "
                              "motion embedding file); pick a file saved by 'Save Motion Representation'.")

@@ -20,12 +20,14 @@ from ..cli import (
     SMOKE_BANNER,
     add_model_arguments,
     add_sampling_arguments,
+    at_least,
+    check_out,
     command,
     print_progress,
     prompt_list,
     write_videos,
 )
-from ..errors import InputError
+from ..errors import InputError, VideoError
 
 PRESET_CHOICES = ("camera", "object", "i2v_rgb", "i2v_sketch", "custom")
 # offline smoke test on the tiny model: small and short, every stage still runs (guided + plain steps)
@@ -58,15 +60,16 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="schedule preset: camera (100 steps, 50 guided, fraction 0.3), object (300, 180, 0.4), "
                    "i2v_rgb (100, 40, 0.3), i2v_sketch (200, 120, 0.4), custom (= --steps with the options "
                    "below); default camera")
-    g.add_argument("--weight", type=float, default=2000.0, help="guidance strength λ (default 2000; 0 = off)")
-    g.add_argument("--guided-steps", type=int, default=50, help="custom: guided steps (default 50)")
-    g.add_argument("--guidance-fraction", type=float, default=0.3,
-                   help="custom: top share of the noise range that is guided (default 0.3)")
-    g.add_argument("--warm-up", type=int, default=10, help="custom: warm-up steps (default 10)")
-    g.add_argument("--cool-down", type=int, default=10, help="custom: cool-down steps (default 10)")
-    g.add_argument("--timestep", type=int, default=None,
-                   help="extraction timestep t_alpha (default 400; Wan: 600, i.e. noise level sigma = 0.6)")
-    g.add_argument("--k", type=int, default=1, help="key frames kept per attention row (default 1)")
+    at_least(g.add_argument("--weight", type=float, default=2000.0, help="guidance strength λ (default 2000; 0 = "
+                            "off)"), 0)
+    at_least(g.add_argument("--guided-steps", type=int, default=50, help="custom: guided steps (default 50)"), 0)
+    at_least(g.add_argument("--guidance-fraction", type=float, default=0.3,
+                            help="custom: top share of the noise range that is guided (default 0.3)"), 0)
+    at_least(g.add_argument("--warm-up", type=int, default=10, help="custom: warm-up steps (default 10)"), 0)
+    at_least(g.add_argument("--cool-down", type=int, default=10, help="custom: cool-down steps (default 10)"), 0)
+    at_least(g.add_argument("--timestep", type=int, default=None, help="extraction timestep t_alpha (default 400; "
+                            "Wan: 600, i.e. noise level sigma = 0.6)"), 0)
+    at_least(g.add_argument("--k", type=int, default=1, help="key frames kept per attention row (default 1)"), 1)
     g.add_argument("--sparsectrl", help="SparseCtrl folder or hub id (image/sketch-to-video, AnimateDiff)")
     g.add_argument("--condition-image", action="append", help="condition image file for SparseCtrl; repeat "
                    "for several frames")
@@ -128,6 +131,24 @@ def run_clone(args: argparse.Namespace) -> int:
     from ..sampling import SampleRequest, sample
     from ..tiny import ensure_tiny_model
 
+    # files and names are checked before the model loads
+    if args.video and args.representation:
+        raise InputError("Give either --video (extract) or --representation (reuse), not both.")
+    if args.video and not Path(args.video).is_file():
+        folder = " (it is a folder)" if Path(args.video).is_dir() else ""
+        raise VideoError(f"Reference video {args.video} does not exist{folder}. Check the path (a relative path starts "
+                         f"in {Path.cwd()}).")
+    if args.representation and not Path(args.representation).is_file():
+        raise InputError(f"Motion representation {args.representation} does not exist. Check the path, or extract "
+                         "one from a video with --video (and --save-representation to keep it).")
+    for image in args.condition_image or []:
+        if not Path(image).is_file():
+            raise InputError(f"Condition image {image} does not exist. Check the path.")
+    if args.save_representation:
+        from ..names import check_output_path
+
+        check_output_path(args.save_representation, "--save-representation", len(".safetensors..00000000.tmp"))
+    check_out(args.out, len(prompt_list(args.prompt)))
     given = {key: getattr(args, key) for key in ("width", "height", "frames")}
     smoke = not args.model
     if smoke:
@@ -186,8 +207,8 @@ def run_clone(args: argparse.Namespace) -> int:
         guided = apply_motion_clone(model, representation, config, sparsectrl=condition)
         request = SampleRequest(prompt=prompt_list(args.prompt), negative_prompt=args.negative_prompt,
                                 width=width, height=height, num_frames=frames,
-                                steps=args.steps or config.total_steps(100), cfg=args.cfg, seed=args.seed,
-                                scheduler=args.scheduler)
+                                steps=args.steps if args.steps is not None else config.total_steps(100), cfg=args.cfg,
+                                seed=args.seed, scheduler=args.scheduler)
         result = sample(guided, request, progress=print_progress(f"MotionClone ({preset})"))
     paths = write_videos(result.frames, args.out, args.fps)
     for path in paths:

@@ -16,13 +16,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..cli import DEFAULT_PROMPT, add_model_arguments, command, fit_smoke_frames, load_model_from_args, print_progress
-from ..errors import InputError
+from ..cli import (
+    DEFAULT_PROMPT,
+    add_model_arguments,
+    at_least,
+    command,
+    fit_smoke_frames,
+    load_model_from_args,
+    print_progress,
+)
+from ..errors import InputError, TrainingError
+from ..names import MAX_NAME_BYTES
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
 #: the smoke test's sizes on the tiny model (a few seconds on a 2-core CPU)
@@ -37,22 +44,23 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--video-folder", help="folder of training videos (sorted by name); a '<video>.txt' beside a "
                    "video is its caption")
     g.add_argument("--prompt", action="append", help="prompt describing the training video(s); one for all, or "
-                   "one per video in order")
-    g.add_argument("--steps", type=int, help="optimization steps (default: the method's, MotionDirector 150 for "
-                   "one video, 500 for several)")
-    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
-                   help="learning rate (default: the method's, MotionDirector 5e-4)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's)")
-    g.add_argument("--rank", type=int, help="LoRA rank (LoRA methods; MotionDirector default 32)")
-    g.add_argument("--frames", type=int, help="frames per training clip (default 16)")
-    g.add_argument("--fps", type=float, help="frame rate the clips are sampled at (default 8)")
-    g.add_argument("--width", type=int, help="training width (default 384)")
-    g.add_argument("--height", type=int, help="training height (default 384)")
+                   "one per video in order (an empty prompt is refused, as in the Train nodes)")
+    at_least(g.add_argument("--steps", type=int, help="optimization steps, at least 1 (default: the method's, "
+                            "MotionDirector 150 for one video, 500 for several)"), 1)
+    at_least(g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                            help="learning rate (default: the method's, MotionDirector 5e-4)"), 0, exclusive=True)
+    at_least(g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's)"), 0)
+    at_least(g.add_argument("--rank", type=int, help="LoRA rank (LoRA methods; MotionDirector default 32)"), 1)
+    at_least(g.add_argument("--frames", type=int, help="frames per training clip (default 16)"), 1)
+    at_least(g.add_argument("--fps", type=float, help="frame rate the clips are sampled at (default 8)"), 0,
+             exclusive=True)
+    at_least(g.add_argument("--width", type=int, help="training width (default 384)"), 1)
+    at_least(g.add_argument("--height", type=int, help="training height (default 384)"), 1)
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same run")
     g.add_argument("--windows", choices=["all", "first"], default="all", help="train on every full window of "
                    "each video (all) or only its first (default all)")
-    g.add_argument("--noise-prior-steps", type=int, help="DDIM inversion steps of the noise prior stored in the "
-                   "adapter (MotionDirector default 50; 0 = none)")
+    at_least(g.add_argument("--noise-prior-steps", type=int, help="DDIM inversion steps of the noise prior stored in "
+                            "the adapter (MotionDirector default 50; 0 = none)"), 0)
     g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method setting, e.g. --option spatial_drop_probability=0.1")
     g.add_argument("--prior-video", action="append", help="prior (regularization) video of a related, generic "
@@ -63,19 +71,26 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    "for all, or one per --prior-video in order")
     o = p.add_argument_group("run")
     o.add_argument("--save-name", default=None, help="file name of the trained adapter in the motion adapters "
-                   "folder (default: <method>_<first video name>)")
+                   "folder and of its run folder (default: <method>_<first video name>); a plain name of at most "
+                   f"{MAX_NAME_BYTES} bytes, no Windows device name (CON, NUL, COM1...), checked before training")
     o.add_argument("--adapters-dir", help="motion adapters folder (default: $MOTIONKIT_ADAPTERS_DIR or the pack's "
                    "models/motion_adapters)")
     o.add_argument("--run-dir", help="folder for checkpoints, previews and the loss curve (default: "
-                   "<temp>/motionkit-training/<save name>)")
-    o.add_argument("--resume", help="checkpoint folder, or a run folder (its latest checkpoint), to continue from")
-    o.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (0 = only at the end; "
-                   "default: the method's)")
-    o.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept on disk (default 2)")
-    o.add_argument("--validate-every", type=int, help="preview sample every N steps (0 = only at the end)")
+                   "$MOTIONKIT_OUTPUT_DIR/motionkit_training/<save name>, MOTIONKIT_OUTPUT_DIR defaulting to "
+                   "<repo>/output: the folder the Train nodes use outside ComfyUI)")
+    o.add_argument("--resume", help="continue an interrupted run: a checkpoint-N folder, a run folder (its latest "
+                   "checkpoint), or 'latest' (the latest checkpoint in this save name's run folder); refused before "
+                   "the model loads when there is none")
+    at_least(o.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps; 0 = "
+                            "one checkpoint at the end only (a cancelled run always writes one; default: the "
+                            "method's)"), 0)
+    at_least(o.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept on disk (default 2)"), 1)
+    at_least(o.add_argument("--validate-every", type=int, help="preview sample every N steps (0 = only at the end)"),
+             0)
     o.add_argument("--preview-prompt", action="append", help="prompt of the preview samples (default: the "
                    "training prompt); repeatable")
-    o.add_argument("--preview-steps", type=int, default=30, help="denoising steps of a preview (default 30)")
+    at_least(o.add_argument("--preview-steps", type=int, default=30, help="denoising steps of a preview (default "
+                            "30)"), 1)
     o.add_argument("--preview-cfg", type=float, default=12.0, help="CFG scale of a preview (default 12)")
     o.add_argument("--preview-noise-prior", type=float, default=None, help="noise prior p of previews (default: "
                    "the method's default for this number of videos)")
@@ -116,7 +131,8 @@ def _videos(args: argparse.Namespace) -> list[tuple[Path, str | None]]:
     if args.video_folder:
         folder = Path(args.video_folder)
         if not folder.is_dir():
-            raise InputError(f"--video-folder {folder} is not a folder.")
+            raise InputError(f"--video-folder {folder} is not a folder. Check the path (a relative path starts in "
+                             f"{Path.cwd()}).")
         # sorted: the reference's glob order is filesystem dependent (spec §1.9.7)
         paths += sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
         if not paths:
@@ -124,11 +140,73 @@ def _videos(args: argparse.Namespace) -> list[tuple[Path, str | None]]:
     out = []
     for path in paths:
         if not path.is_file():
-            raise InputError(f"training video {path} does not exist.")
+            folder = " (it is a folder: use --video-folder)" if path.is_dir() else ""
+            raise InputError(f"Training video {path} does not exist{folder}. Check the path (a relative path starts in "
+                             f"{Path.cwd()}).")
         caption_file = path.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else None
         out.append((path, caption or None))
     return out
+
+
+def default_run_dir(save_name: str) -> Path:
+    """``$MOTIONKIT_OUTPUT_DIR/motionkit_training/<save name>`` (``MOTIONKIT_OUTPUT_DIR`` defaults to
+    ``<repo>/output``): the run folder the Train nodes use outside ComfyUI, so the CLI and the nodes resume each
+    other's runs and nothing is kept in the system's temporary folder."""
+    env = os.environ.get("MOTIONKIT_OUTPUT_DIR", "").strip()
+    root = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "output"
+    return root / "motionkit_training" / save_name
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """The --prompt values; an empty one is refused (the Train nodes refuse it too)."""
+    raw = args.prompt
+    prompts = [str(p) for p in raw] if isinstance(raw, list) else ([str(raw)] if raw is not None else [])
+    if any(not p.strip() for p in prompts):
+        raise InputError("--prompt is empty: describe what the training video(s) show, e.g. --prompt \"a car driving "
+                         "along a road\" (or leave it out and put a '<video>.txt' caption beside each video).")
+    return [p.strip() for p in prompts]
+
+
+def _save_name(args: argparse.Namespace, method_name: str, first_name: str) -> str:
+    """--save-name, or ``<method>_<first video name>``, checked as a file name on every platform with every
+    suffix a run adds (:mod:`motion_core.names`)."""
+    from ..adapters.files import check_save_name
+
+    if args.save_name is not None:
+        return check_save_name(args.save_name)
+    name = f"{method_name}_{first_name}"
+    try:
+        return check_save_name(name)
+    except InputError as exc:
+        raise InputError(f"The default save name (<method>_<first video name>) cannot be used: {exc} Give a name "
+                         "with --save-name.") from None
+
+
+def _resume_point(value: Any, run_dir: Path, save_name: str) -> Path | None:
+    """The checkpoint folder --resume names, or InputError before anything loads when there is none."""
+    from ..training import find_checkpoint
+
+    if value is None or not str(value).strip():
+        return None
+    if str(value).strip().lower() == "latest":
+        try:
+            return find_checkpoint(run_dir)
+        except TrainingError:
+            raise InputError(f"--resume latest: there is no checkpoint of '{save_name}' in {run_dir} yet (no earlier "
+                             "run of this save name was checkpointed or interrupted). Leave out --resume to start a "
+                             "new run, or give the --save-name (or --run-dir) of the run to continue.") from None
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise InputError(f"--resume {path}: there is no such folder. Give a checkpoint-N folder, the run folder that "
+                         f"holds them (for this save name: {run_dir}) or 'latest'; leave out --resume to start a new "
+                         "run.")
+    try:
+        return find_checkpoint(path)
+    except TrainingError:
+        raise InputError(f"--resume {path} holds no training checkpoint (a checkpoint-N folder with a "
+                         "trainer_state.json). Give a checkpoint folder, the run folder that holds them, or 'latest'; "
+                         "leave out --resume to start a new run.") from None
 
 
 def _accepts(method_name: str, option: str) -> bool:
@@ -163,7 +241,8 @@ def _set_priors(args: argparse.Namespace, method: Any, synthetic: bool) -> None:
     sources = []
     for path in paths:
         if not path.is_file():
-            raise InputError(f"prior video {path} does not exist.")
+            raise InputError(f"Prior video {path} does not exist. Check the path (a relative path starts in "
+                             f"{Path.cwd()}).")
         caption_file = path.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else None
         sources.append(VideoSource(path=str(path), caption=caption or None))
@@ -190,17 +269,24 @@ def _accelerator(args: argparse.Namespace):
 
 @command("train", "train a motion adapter from reference video(s) (MotionDirector, ...)", _train_arguments)
 def run_train(args: argparse.Namespace) -> int:
-    from ..methods import create_method
+    from ..methods import create_method, get_method
     from ..training import TrainingConfig, VideoSource, train
 
+    # what the user typed is checked before the model loads: a bad name, resume point, prompt or video is
+    # refused now, not after the last training step
+    videos = _videos(args)
+    prompts = _prompts(args)
+    if not videos and args.model:
+        raise InputError("Give training video(s) with --video or --video-folder.")
+    save_name = _save_name(args, get_method(args.method).name, videos[0][0].stem if videos else "moving_square")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(save_name)
+    resume = _resume_point(args.resume, run_dir, save_name)
     given = {k: getattr(args, k) for k in SMOKE_TRAIN}
     accelerator = _accelerator(args)
     if accelerator is not None:
         args.device = str(accelerator.device)
     model, smoke = load_model_from_args(args)
     options = _method_options(args)
-    videos = _videos(args)
-    prompts = list(args.prompt) if isinstance(args.prompt, list) else ([args.prompt] if args.prompt else [])
     if smoke:
         for key, value in SMOKE_TRAIN.items():
             if given[key] is None and key not in ("preview_steps", "noise_prior_steps"):
@@ -220,23 +306,21 @@ def run_train(args: argparse.Namespace) -> int:
                                       velocity=(1, 0), start=(2, (args.height or side) // 3))
         sources = [VideoSource(frames=frames, fps=8.0, caption=None)]
         prompts = prompts or [DEFAULT_PROMPT]
-        first_name = "moving_square"
     else:
         sources = [VideoSource(path=str(p), caption=c) for p, c in videos]
         if not prompts and not all(c for _, c in videos):
             raise InputError("Give a --prompt describing the video(s) (or a '<video>.txt' caption beside each).")
-        prompts = prompts or [""]
-        first_name = videos[0][0].stem
+        prompts = prompts or [""]  # every video has its caption
     method = create_method(args.method, **options)
     _set_priors(args, method, smoke and not videos)
-    save_name = args.save_name or f"{method.name}_{first_name}"
-    run_dir = args.run_dir or str(Path(tempfile.gettempdir()) / "motionkit-training" / save_name)
     config = TrainingConfig(
         steps=args.steps, seed=args.seed, frames=args.frames, fps=args.fps, width=args.width, height=args.height,
         windows=args.windows, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         validate_every=args.validate_every, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=not args.no_gradient_checkpointing, run_dir=run_dir, save_name=save_name,
+        gradient_checkpointing=not args.no_gradient_checkpointing, run_dir=str(run_dir), save_name=save_name,
         adapters_dir=args.adapters_dir)
+    if args.checkpoint_every == 0:  # as documented: one checkpoint at the end (the trainer reads 0 as "none")
+        config.checkpoint_every = config.resolved(method, len(sources)).steps
     config.preview.prompts = list(args.preview_prompt or [])
     config.preview.steps = args.preview_steps
     config.preview.cfg = args.preview_cfg
@@ -246,7 +330,7 @@ def run_train(args: argparse.Namespace) -> int:
     elif hasattr(method, "default_noise_prior"):
         config.preview.noise_prior = method.default_noise_prior(len(sources))
     progress = print_progress("training") if accelerator is None or accelerator.is_main_process else None
-    result = train(model, method, sources, prompts if len(prompts) > 1 else prompts[0], config, resume=args.resume,
+    result = train(model, method, sources, prompts if len(prompts) > 1 else prompts[0], config, resume=resume,
                    progress=progress, accelerator=accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
@@ -303,7 +387,11 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
          _export_arguments)
 def run_export(args: argparse.Namespace) -> int:
     from ..adapters.files import export_adapter_files, load_adapter, save_adapter
+    from ..names import check_output_path
 
+    # the longest name written: the temporary of a Wan 2.2 A14B pair's '<stem>_high_noise.safetensors'
+    added = len("_high_noise" + "." + "." + "0" * 32 + ".tmp") + (0 if Path(args.out).suffix else len(".safetensors"))
+    check_output_path(args.out, "--out", added)
     adapter = load_adapter(args.adapter)
     model = None
     if args.model:
