@@ -925,13 +925,10 @@ def import_reference_embeddings(path: str | os.PathLike, *, family: str | None =
     With ``model`` the grids come from that model's block resolutions (any block; family and base model
     default to the model's) instead of the reference's lookup.
     """
+    from ..adapters.files import read_reference_pt  # names a pickle that would run code; never relays torch's advice
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist.")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path.name} cannot be read as a Motion Inversion motion_embed.pt ({exc}).") from exc
+    data = read_reference_pt(path, "a Motion Inversion motion_embed.pt")
     if model is not None:
         base_model = base_model or model.base_model
     family = family or (model.family if model is not None else "unet3d")
