@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import InputError, MotionKitError
+from .errors import Cancelled, InputError, MotionKitError
 
 log = logging.getLogger("motion_core")
 
@@ -355,13 +355,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    args._argv = list(argv)  # a training stopped by Ctrl-C / SIGTERM prints the command that resumes it
     try:
         _apply_config(parser, argv, args)
         _check_limits(parser, args)
         return int(args.run(args) or 0)
+    except Cancelled as exc:  # stopped by Ctrl-C / SIGTERM before there was anything to keep
+        print(f"\nstopped: {exc}", file=sys.stderr)
+        return 130
     except MotionKitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print("\ninterrupted: stopped at once; only what was already saved is kept.", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk or an unwritable folder in a writer without its own check
+        from .storage import storage_error
+
+        err = storage_error(exc, str(exc.filename), what="the file") if exc.filename else None
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1

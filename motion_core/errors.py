@@ -34,3 +34,7 @@ class TrainingError(MotionKitError):
 
 class Cancelled(MotionKitError):
     """The user cancelled a long job between two steps; partial work has been kept where promised."""
+
+
+class StorageError(MotionKitError, OSError):
+    """A file cannot be written: the disk is full, or the folder is not writable."""

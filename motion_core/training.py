@@ -25,6 +25,11 @@ the loss is computed*; this module does everything else:
 * **validation previews** every N steps, **progress** (step, loss, ETA) and **cancel** (a checkpoint and the
   adapter so far are kept), a **NaN/inf guard** (a non-finite loss or gradient skips the step; several in
   a row stop the run with a :class:`~motion_core.errors.TrainingError`);
+* **files** -- one run per run folder (a lock file, :class:`RunLock`; a second run with the same save name is
+  refused, a dead run's lock taken over); before the first step the adapters folder and the run folder are
+  checked for room for the adapter file and the checkpoints kept (:meth:`Trainer.disk_needs`); every file is
+  written under a temporary name and renamed, and a full disk is a :class:`~motion_core.errors.StorageError`
+  that leaves nothing half-written (:mod:`motion_core.storage`);
 * **multi-GPU** through ``accelerate`` (``accelerate launch -m motion_core train ...``): each process trains
   on its own clips and noise, gradients are averaged across processes (all-reduce) before every step --
   DDP's semantics. We do not wrap the denoiser in ``DistributedDataParallel``: DDP synchronises inside
@@ -40,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -49,6 +55,7 @@ import random
 import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
@@ -58,7 +65,7 @@ import torch
 from torch import nn
 
 from .autograd import autograd
-from .errors import Cancelled, InputError, TrainingError, VideoError
+from .errors import Cancelled, InputError, MotionKitError, StorageError, TrainingError, VideoError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbones.base import CancelCheck, ProgressCallback, VideoModel
@@ -763,6 +770,194 @@ def _optimizer_from_file(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+# ============================================================================================== run lock
+LOCK_NAME = "training.lock"
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, from /proc); None when unknown. A
+    different value for the same pid means the pid was reused by another process."""
+    try:
+        text = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = text.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, int(pid))  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return True
+    return True
+
+
+class RunLock:
+    """One training run per run folder: ``<run folder>/training.lock``, created atomically
+    (``O_CREAT | O_EXCL``), holds the pid, host and start time of the run that owns the folder.
+
+    A second run is refused with a message naming the first. A lock whose process is gone (no such pid on
+    this host, the pid reused by a later process, or the machine rebooted since) is stale -- a crashed or
+    killed run -- and is taken over, so a lock never stays stuck. :meth:`release` removes only our own lock.
+    """
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.name = name
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _holder(self) -> tuple[str | None, dict[str, Any] | None]:
+        """(text, record) of the lock file; text None: there is none; record None: unreadable (half written)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None, None
+        except OSError:
+            return "", None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return text, None
+        return text, data if isinstance(data, dict) and data else None
+
+    def _stale(self, holder: Mapping[str, Any]) -> bool:
+        import socket
+
+        if holder.get("host") != socket.gethostname():
+            return False  # another machine sharing this folder: its process cannot be checked from here
+        if holder.get("boot_id") and _boot_id() and holder["boot_id"] != _boot_id():
+            return True
+        try:
+            pid = int(holder.get("pid", 0))
+        except (TypeError, ValueError):
+            return True
+        if not _pid_alive(pid):
+            return True
+        started = holder.get("process_started")
+        now = _process_started(pid)
+        return bool(started and now and started != now)
+
+    def _refusal(self, holder: Mapping[str, Any]) -> TrainingError:
+        import socket
+
+        where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host', 'another machine')}"
+        other = holder.get("name") or self.name
+        note = (f" It runs on another machine, so whether it is still alive cannot be checked from here: if it is "
+                f"not, delete {self.path}." if where else
+                f" (If you are sure no such run is going, delete {self.path}.)")
+        return TrainingError(
+            f"A training run named '{other}' is already running (pid {holder.get('pid', '?')}{where}, started "
+            f"{holder.get('started', 'at an unknown time')}) in {self.folder}; wait for it to finish or choose "
+            f"another save name.{note}")
+
+    def _take_over(self, text: str, holder: Mapping[str, Any] | None) -> None:
+        aside = self.path.with_name(f".{LOCK_NAME}.{uuid.uuid4().hex[:8]}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another run took it over first
+        try:
+            moved = aside.read_text(encoding="utf-8")
+        except OSError:
+            moved = None
+        if moved != text:  # a new run locked the folder between our read and the rename: give it back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            except OSError:
+                if not self.path.exists():
+                    os.rename(aside, self.path)
+        else:
+            log.warning("the run folder %s was locked by pid %s, which is no longer running (a crashed or killed "
+                        "run); taking it over.", self.folder, (holder or {}).get("pid", "?"))
+        aside.unlink(missing_ok=True)
+
+    def acquire(self) -> "RunLock":
+        import socket
+
+        from .storage import storage_error
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err = storage_error(exc, self.path, what="the run folder's lock", advice="or choose another run folder")
+            raise (err or exc) from exc
+        pid = os.getpid()
+        record = {"pid": pid, "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "name": self.name, "process_started": _process_started(pid), "boot_id": _boot_id(),
+                  "token": self.token}
+        for _ in range(200):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                text, holder = self._holder()
+                if text is None:
+                    continue  # released meanwhile
+                if holder is None:  # being written by its creator right now, or left empty by a crash
+                    try:
+                        age = time.time() - self.path.stat().st_mtime
+                    except OSError:
+                        continue
+                    if age < 5.0:
+                        time.sleep(0.05)
+                        continue
+                elif not self._stale(holder):
+                    raise self._refusal(holder) from None
+                self._take_over(text, holder)
+                continue
+            except OSError as exc:
+                err = storage_error(exc, self.path, what="the run folder's lock", advice="or choose another run "
+                                    "folder")
+                raise (err or exc) from exc
+            try:
+                os.write(fd, json.dumps(record).encode("utf-8"))
+            finally:
+                os.close(fd)
+            self.held = True
+            return self
+        raise TrainingError(f"Could not lock the run folder {self.folder}: {self.path} keeps changing. Another "
+                            "run is starting there; wait for it or choose another save name.")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        _, holder = self._holder()
+        if holder and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+
 # ============================================================================================== the loop
 class Trainer:
     """One training run of ``method`` on ``model``.
@@ -805,10 +1000,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def run(self, resume: str | os.PathLike | None = None) -> TrainingResult:
-        cfg, model, method = self.config, self.model, self.method
+        cfg, model = self.config, self.model
         started = time.perf_counter()
         model.check_size(cfg.width, cfg.height)
         model.frame_limits.check(cfg.frames)
+        # one run per run folder: a second run with the same save name would write into the first one's
+        # checkpoints (and a new run clears the folder), so it is refused before it touches anything
+        lock = RunLock(self.run_dir, cfg.save_name or self.run_dir.name)
+        refused: MotionKitError | None = None
+        if self.is_main:
+            try:
+                lock.acquire()
+            except MotionKitError as exc:
+                refused = exc
+        try:
+            if self._any(refused is not None):
+                raise refused or TrainingError(f"The main process could not lock the run folder {self.run_dir}.")
+            return self._run(resume, started)
+        finally:
+            lock.release()
+
+    def _run(self, resume: str | os.PathLike | None, started: float) -> TrainingResult:
+        cfg, model, method = self.config, self.model, self.method
         self.videos, self.prompt = method.prepare(cfg, self.videos, self.prompt)
         clips = build_clips(self.videos, self.prompt, frames=cfg.frames, fps=cfg.fps, width=cfg.width,
                             height=cfg.height, windows=cfg.windows, resize=cfg.resize)
@@ -816,8 +1029,11 @@ class Trainer:
         data_fp = clips_fingerprint(clips)
         checkpoint = find_checkpoint(resume) if resume else None
         state = self._read_state(checkpoint, data_fp) if checkpoint else None
-        if checkpoint is None and self.is_main:
-            self._clear_old_checkpoints()
+        if self.is_main:
+            if checkpoint is None:
+                self._clear_old_checkpoints()
+            else:
+                self._clear_partials()
         saved_py, saved_np = random.getstate(), np.random.get_state()
         devices = [model.device] if model.device.type == "cuda" else []
         installed = False
@@ -844,11 +1060,15 @@ class Trainer:
                     self.autocast_dtype == torch.float16 or model.dtype == torch.float16)) else None)
                 if state is not None:
                     self._load_checkpoint(checkpoint, state)
+                self._check_disk_space(groups)
                 if self.step >= cfg.steps:
                     log.info("checkpoint %s is already at step %d of %d; nothing to train.", checkpoint, self.step,
                              cfg.steps)
                 with _checkpoint_every_denoiser(model, cfg.gradient_checkpointing):
                     cancelled = self._loop(data_fp)
+                if cancelled and self.step == 0:
+                    raise Cancelled("Training was cancelled before its first step: nothing was trained, so no "
+                                    "checkpoint or adapter was saved.")
                 adapter = method.build_adapter(model, steps=self.step, training_config=self._metadata_config(),
                                                clips=self.cached)
                 if cfg.final_preview and not cancelled and self.step > 0 and self._previewed_at != self.step:
@@ -861,7 +1081,14 @@ class Trainer:
                 if cfg.save_name and self.is_main:
                     from .adapters.files import save_named_adapter
 
-                    adapter_path = save_named_adapter(adapter, cfg.save_name, cfg.adapters_dir)
+                    try:
+                        adapter_path = save_named_adapter(adapter, cfg.save_name, cfg.adapters_dir)
+                    except StorageError as exc:
+                        kept = (f" The training's checkpoint {ckpt_path} is kept: once there is room, resume from "
+                                "it to save the adapter (a finished run resumes without training)."
+                                if ckpt_path is not None else " The trained weights are lost (no checkpoint was "
+                                "written: set checkpoint_every to keep one).")
+                        raise StorageError(f"{exc}{kept}") from exc
         finally:
             random.setstate(saved_py)
             np.random.set_state(saved_np)
@@ -1214,37 +1441,30 @@ class Trainer:
                 "base_model": self.model.base_model, "world_size": self.world,
                 "groups": [g.name for g in self.groups] if hasattr(self, "groups") else None}
 
-    def _save_checkpoint(self, data_fp: str) -> Path:
-        from safetensors.torch import save_file
-
-        final = self.run_dir / f"checkpoint-{self.step:06d}"
-        partial = self.run_dir / f".checkpoint-{self.step:06d}.partial"
-        if self.is_main:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+    def _checkpoint_contents(self, data_fp: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+        """This process's checkpoint files: safetensors name -> tensors, text name -> text."""
         rng = {"torch_cpu": torch.get_rng_state(), "trainer": _rng_tensor_state(self.generator)}
         if self.model.device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(self.model.device)
         np_state = np.random.get_state()
         rng["numpy_keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
-        save_file({k: v.contiguous() for k, v in rng.items()}, str(partial / f"rng_rank{self.rank}.safetensors"))
-        (partial / f"rng_rank{self.rank}.json").write_text(json.dumps({
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}))
+        tensors = {f"rng_rank{self.rank}.safetensors": {k: v.contiguous() for k, v in rng.items()}}
+        py_state = random.getstate()
+        texts = {f"rng_rank{self.rank}.json": json.dumps({
+            "python": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]})}
         if self.is_main:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in self.method.state_tensors(self.model).items()},
-                      str(partial / "trainable.safetensors"))
+            tensors["trainable.safetensors"] = {k: v.detach().float().cpu().contiguous()
+                                                for k, v in self.method.state_tensors(self.model).items()}
             opt_tensors, opt_meta = _optimizer_to_file(self.optimizer)
-            save_file(opt_tensors, str(partial / "optimizer.safetensors"))
+            tensors["optimizer.safetensors"] = opt_tensors
             cache: dict[str, torch.Tensor] = {}
             for c in self.cached:
                 cache[f"latents.{c.index}"] = c.latents.detach().cpu().contiguous()
                 cache[f"prompt_embeds.{c.index}"] = c.prompt_embeds.detach().float().cpu().clone()
                 if c.inverted is not None:
                     cache[f"inverted.{c.index}"] = c.inverted.detach().float().cpu().contiguous()
-            save_file(cache, str(partial / "cache.safetensors"))
+            tensors["cache.safetensors"] = cache
             sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
             inputs = self._fingerprint_inputs(data_fp)
             state = {
@@ -1255,17 +1475,124 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config": self.config.to_json(), "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
-            (partial / "trainer_state.json").write_text(json.dumps(state, default=str))
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+            texts["trainer_state.json"] = json.dumps(state, default=str)
+        return tensors, texts
+
+    def _save_checkpoint(self, data_fp: str) -> Path:
+        """Write ``checkpoint-<step>`` into a ``.partial`` folder, then rename it into place: a checkpoint is
+        complete or absent. A full disk (checked first, caught while writing) removes the partial folder and
+        raises a StorageError naming the run folder, the bytes needed and free, and the last good checkpoint."""
+        from safetensors.torch import save_file
+
+        from .storage import describe_bytes, free_bytes, safetensors_bytes, storage_error
+
+        final = self.run_dir / f"checkpoint-{self.step:06d}"
+        partial = self.run_dir / f".checkpoint-{self.step:06d}.partial"
+        tensors, texts = self._checkpoint_contents(data_fp)
+        needed = sum(safetensors_bytes(t) for t in tensors.values()) + sum(len(t.encode()) for t in texts.values())
+        try:
+            if self.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+                free = free_bytes(self.run_dir)
+                if free is not None and free < needed:
+                    raise OSError(errno.ENOSPC, f"{describe_bytes(free)} free, {describe_bytes(needed)} needed")
+                partial.mkdir(parents=True)
+            if self.accelerator is not None:
+                self.accelerator.wait_for_everyone()
+            for name, content in tensors.items():
+                save_file(content, str(partial / name))
+            for name, text in texts.items():
+                (partial / name).write_text(text)
+            if self.accelerator is not None:
+                self.accelerator.wait_for_everyone()
+            if self.is_main:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(partial, final)
+        except BaseException as exc:
+            if self.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+            err = storage_error(exc, final, what="the training checkpoint", needed=needed,
+                                advice="or put the run folder on another disk (CLI: --run-dir)")
+            if err is None:
+                raise
+            last = self._last_complete_checkpoint()
+            keep = (f" The last complete checkpoint is {last}: resume from it once there is room."
+                    if last is not None else " No checkpoint of this run was kept.")
+            raise StorageError(f"{err}{keep}") from exc
         if self.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
             self._prune()
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         return final
+
+    def _last_complete_checkpoint(self) -> Path | None:
+        try:
+            return find_checkpoint(self.run_dir)
+        except TrainingError:
+            return None
+
+    def _clear_partials(self) -> None:
+        """Remove ``.checkpoint-*.partial`` folders a killed run left behind (the lock says none is being
+        written now)."""
+        if self.run_dir.is_dir():
+            for c in self.run_dir.iterdir():
+                if c.is_dir() and c.name.startswith(".checkpoint-") and c.name.endswith(".partial"):
+                    shutil.rmtree(c, ignore_errors=True)
+
+    def _check_disk_space(self, groups: Sequence[ParamGroup]) -> None:
+        """Refuse the run before its first step when the adapters folder or the run folder is not writable or
+        its disk lacks room for the adapter file and the checkpoints the run will keep (estimated from the
+        trainable parameters, the latent cache and the history; :mod:`motion_core.storage`)."""
+        problem: MotionKitError | None = None
+        if self.is_main:
+            try:
+                from .storage import check_room
+
+                check_room(self.disk_needs(groups), job=f"the training run '{self.config.save_name or self.run_dir.name}'")
+            except MotionKitError as exc:
+                problem = exc
+        if self._any(problem is not None):
+            raise problem or StorageError(f"The main process found too little disk space for {self.run_dir}.")
+
+    def disk_needs(self, groups: Sequence[ParamGroup]) -> list[Any]:
+        """What the run will write, by folder (:class:`motion_core.storage.Need`): the adapter file (when it
+        is saved) and the checkpoints kept at once."""
+        from .storage import Need
+
+        cfg = self.config
+        params = [p for g in groups for p in g.params]
+        trainable = sum(p.numel() * 4 for p in params)  # float32 (checked by _check_groups)
+        names = 256 * len(params)  # safetensors header per tensor: its name, dtype, shape and offsets
+        inverted = sum(c.inverted.numel() * 4 for c in self.cached if c.inverted is not None)
+        # adapters keep the trainable tensors in float32, except weight deltas stored at a lower precision
+        stored = {"float16": 2, "bfloat16": 2}.get(str(getattr(self.method.config, "delta_dtype", "")), 4)
+        adapter = int(1.05 * (trainable * stored // 4 + names + inverted) + 64 * 1024)  # + metadata
+        optimizer = 2 * trainable + 2 * names + len(params) * 300  # AdamW exp_avg + exp_avg_sq + step
+        cache = sum(c.latents.numel() * c.latents.element_size() + c.prompt_embeds.numel() * 4 + 3 * 64
+                    for c in self.cached) + inverted
+        state = 16 * 1024 + len(json.dumps(self.config.to_json())) + 256 * cfg.steps  # the history grows
+        rng = 64 * 1024
+        checkpoint = int(1.05 * (trainable + names + optimizer + cache + state + rng))
+        existing = len([c for c in self.run_dir.iterdir() if c.is_dir() and _CHECKPOINT_DIR.match(c.name)]
+                       ) if self.run_dir.is_dir() else 0
+        remaining = max(0, cfg.steps - self.step)
+        planned = math.ceil(remaining / cfg.checkpoint_every) if cfg.checkpoint_every else 1
+        # written before the oldest is pruned: up to keep + 1 on disk at once (existing ones already count)
+        count = max(1, min(planned, cfg.keep_checkpoints + 1 - existing))
+        what = "the training checkpoint" if count == 1 else f"{count} training checkpoints kept at once"
+        run_advice = "or put the run folder on another disk (CLI: --run-dir; ComfyUI: its output folder)"
+        if count > 1:
+            run_advice += ", or keep fewer checkpoints (keep_checkpoints)"
+        needs = [Need(self.run_dir, count * checkpoint + 64 * 1024, what, run_advice)]
+        if cfg.save_name:
+            from .adapters.files import adapter_path
+
+            target = adapter_path(cfg.save_name, cfg.adapters_dir)
+            needs.append(Need(target.parent, adapter, "the adapter file",
+                              "or save the adapter into another folder (CLI: --adapters-dir or "
+                              "MOTIONKIT_ADAPTERS_DIR)"))
+        return needs
 
     def _clear_old_checkpoints(self) -> None:
         """A new run (not a resume) in a folder holding another run's checkpoints replaces them, so that

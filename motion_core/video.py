@@ -845,7 +845,8 @@ def write_video(
 
     The file is written to a hidden temporary name in the target folder and moved into place with
     ``os.replace`` only when complete; on any error the temporary file is removed and an existing file at
-    ``path`` is left untouched.
+    ``path`` is left untouched. A full disk or an unwritable folder raises a
+    :class:`~motion_core.errors.StorageError` naming the folder.
 
     Returns:
         the path written.
@@ -882,11 +883,11 @@ def write_video(
     else:
         frame_iter = iter(frames)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     rate = Fraction(fps).limit_denominator(1001)
     container = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(tmp), mode="w", format=fmt)
         stream = None
         size: tuple[int, int] | None = None
@@ -910,13 +911,23 @@ def write_video(
         container.close()
         container = None
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if container is not None:
             try:
                 container.close()
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
-        tmp.unlink(missing_ok=True)
+        try:
+            written = tmp.stat().st_size
+            tmp.unlink()
+        except OSError:  # never created (e.g. a read-only folder): the original error is the one to report
+            written = None
+        from .storage import storage_error
+
+        err = storage_error(exc, target, what="the video", written=written,
+                            advice="or write the video to another folder")
+        if err is not None:
+            raise err from exc
         raise
     return target
 

@@ -35,6 +35,7 @@ Exports (:func:`export_adapter`; an adapter trained on Wan 2.2 A14B -- layer nam
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -144,17 +145,35 @@ def list_adapters(folder: str | os.PathLike | None = None) -> list[str]:
 
 
 # ============================================================================================ raw files
-def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
-    """Write atomically: a temporary name in the same folder, then ``os.replace`` (never a half file)."""
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                      *, what: str = "the adapter file") -> Path:
+    """Write atomically: a temporary name in the same folder, then ``os.replace`` (never a half file).
+
+    A full disk (checked before writing, and caught while writing) or an unwritable folder raises a
+    :class:`~motion_core.errors.StorageError` naming the folder and the bytes the file needs; an existing
+    file at ``path`` is then left as it was.
+    """
     from safetensors.torch import save_file
 
+    from ..storage import describe_bytes, free_bytes, safetensors_bytes, storage_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items()}
+    needed = safetensors_bytes(data, meta)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: str(v) for k, v in metadata.items()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        free = free_bytes(path.parent)
+        if free is not None and free < needed:
+            raise OSError(errno.ENOSPC, f"{describe_bytes(free)} free, {describe_bytes(needed)} needed")
+        save_file(data, str(tmp), metadata=meta)
         os.replace(tmp, path)
+    except BaseException as exc:
+        err = storage_error(exc, path, what=what, needed=needed)
+        if err is not None:
+            raise err from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -542,7 +561,8 @@ def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "dif
         for layer, (a, b) in _folded(lora_set).items():
             tensors[f"{prefix}.{layer}.lora_A.weight"] = a
             tensors[f"{prefix}.{layer}.lora_B.weight"] = b
-        return write_safetensors(path, tensors, {**base_meta, "format": "diffusers_lora"})
+        return write_safetensors(path, tensors, {**base_meta, "format": "diffusers_lora"},
+                                 what="the exported LoRA file")
     if fmt == "comfyui_wan":
         # ComfyUI's native LoraLoader keys for Wan: original Wan module names under "diffusion_model.",
         # lora_A/lora_B + alpha (motion_core.adapters.wan_keys holds the key table)
@@ -556,14 +576,16 @@ def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "dif
             peft_sd[f"{layer}.lora_A.weight"] = a.float()
             peft_sd[f"{layer}.lora_B.weight"] = b.float()
         tensors = export_comfy_wan_lora(peft_sd, rank=lora_set.rank, alpha=float(lora_set.alpha))
-        return write_safetensors(path, tensors, {**base_meta, "format": "comfyui_wan_lora"})
+        return write_safetensors(path, tensors, {**base_meta, "format": "comfyui_wan_lora"},
+                                 what="the exported LoRA file")
     if fmt == "peft":
         for layer, (a, b) in lora_set.weights.items():
             tensors[f"{layer}.lora_A.weight"] = a.float()
             tensors[f"{layer}.lora_B.weight"] = b.float()
         config = {"peft_type": "LORA", "r": lora_set.rank, "lora_alpha": lora_set.alpha, "lora_dropout": 0.0,
                   "target_modules": list(lora_set.weights), "bias": "none", "init_lora_weights": True}
-        return write_safetensors(path, tensors, {**base_meta, "format": "pt", "peft_config": json.dumps(config)})
+        return write_safetensors(path, tensors, {**base_meta, "format": "pt", "peft_config": json.dumps(config)},
+                                 what="the exported LoRA file")
     # animatediff_evolved
     if adapter.family != "animatediff":
         raise InputError(f"the AnimateDiff-Evolved motion LoRA format is for animatediff adapters; this one is for "
@@ -574,7 +596,8 @@ def export_adapter(adapter: MotionLoRA, path: str | os.PathLike, fmt: str = "dif
         stem = animatediff_evolved_key(layer)
         tensors[f"{stem}.down.weight"] = a
         tensors[f"{stem}.up.weight"] = b
-    return write_safetensors(path, tensors, {**base_meta, "format": "animatediff_motion_lora"})
+    return write_safetensors(path, tensors, {**base_meta, "format": "animatediff_motion_lora"},
+                             what="the exported LoRA file")
 
 
 def _ad_key_to_diffusers(stem: str) -> str:

@@ -330,8 +330,11 @@ def run_train(args: argparse.Namespace) -> int:
     elif hasattr(method, "default_noise_prior"):
         config.preview.noise_prior = method.default_noise_prior(len(sources))
     progress = print_progress("training") if accelerator is None or accelerator.is_main_process else None
-    result = train(model, method, sources, prompts if len(prompts) > 1 else prompts[0], config, resume=resume,
-                   progress=progress, accelerator=accelerator)
+    from ..interrupts import StopSignals, stopped_training_report
+
+    with StopSignals() as stop:  # Ctrl-C / SIGTERM: stop after the current step and keep the work (as Cancel)
+        result = train(model, method, sources, prompts if len(prompts) > 1 else prompts[0], config, resume=resume,
+                       progress=progress, cancel=stop, accelerator=accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
     curve = Path(result.run_dir) / "loss_curve.png"
@@ -349,6 +352,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"previews in {Path(result.run_dir) / 'previews'}")
     if smoke:
         print("(smoke test on the built-in tiny model -- see the note above to use real weights)")
+    if result.cancelled:
+        print(stopped_training_report(result, stop, getattr(args, "_argv", None)))
+        return stop.exit_code
     return 0
 
 
