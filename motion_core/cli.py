@@ -374,6 +374,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         err = storage_error(exc, str(exc.filename), what="the file") if exc.filename else None
         if err is None:
-            raise
+            return _bug(exc)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - every deliberate error is a MotionKitError: the rest is a bug
+        return _bug(exc)
+
+
+def _bug(exc: BaseException) -> int:
+    """An exception that is not a MotionKit error reached the user: a bug. Show the traceback (it is what a
+    report needs) and say so, instead of letting it pass for a message about the user's input."""
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: this is a bug in MotionKit, not a problem with your input ({type(exc).__name__}: {exc}). "
+          "Please report it with the traceback above and the command you ran.", file=sys.stderr)
+    return 3

@@ -1074,8 +1074,8 @@ class Trainer:
                 if cfg.final_preview and not cancelled and self.step > 0 and self._previewed_at != self.step:
                     self._preview(final=True)
                 ckpt_path = self._last_checkpoint
-                if (cancelled or cfg.checkpoint_every) and self.step > 0 and (
-                        ckpt_path is None or ckpt_path.name != f"checkpoint-{self.step:06d}"):
+                # the last finished step is always checkpointed (checkpoint_every 0 = "only at the end")
+                if self.step > 0 and (ckpt_path is None or ckpt_path.name != f"checkpoint-{self.step:06d}"):
                     ckpt_path = self._save_checkpoint(data_fp)
                 adapter_path = None
                 if cfg.save_name and self.is_main:
@@ -1084,11 +1084,9 @@ class Trainer:
                     try:
                         adapter_path = save_named_adapter(adapter, cfg.save_name, cfg.adapters_dir)
                     except StorageError as exc:
-                        kept = (f" The training's checkpoint {ckpt_path} is kept: once there is room, resume from "
-                                "it to save the adapter (a finished run resumes without training)."
-                                if ckpt_path is not None else " The trained weights are lost (no checkpoint was "
-                                "written: set checkpoint_every to keep one).")
-                        raise StorageError(f"{exc}{kept}") from exc
+                        raise StorageError(f"{exc} The training's checkpoint {ckpt_path} is kept: once there is room, "
+                                           "resume from it to save the adapter (a finished run resumes without "
+                                           "training).") from exc
         finally:
             random.setstate(saved_py)
             np.random.set_state(saved_np)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +184,9 @@ class MotionRepresentation:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the ``.safetensors`` file atomically (a temp file in the same folder, then rename)."""
-        from safetensors.torch import save_file
+        """Write the ``.safetensors`` file atomically (a temp file in the same folder, then rename; a full disk
+        is a StorageError naming the folder)."""
+        from .files import write_safetensors
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -196,15 +196,7 @@ class MotionRepresentation:
         for name, (values, indices) in self.layers.items():
             tensors[f"{name}.values"] = values.detach().to("cpu", torch.float16).contiguous()
             tensors[f"{name}.indices"] = indices.detach().to("cpu", self._index_dtype()).contiguous()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=self.metadata())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_safetensors(path, tensors, self.metadata(), what="the motion representation")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MotionRepresentation":

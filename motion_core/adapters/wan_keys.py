@@ -375,23 +375,15 @@ def save_lora_file(tensors: Mapping[str, torch.Tensor], folder: str | os.PathLik
                    metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``<folder>/<name>.safetensors`` atomically (temp file in the same folder + ``os.replace``).
     ``name`` must be a plain file name (no path separators, no ``..``)."""
-    from safetensors.torch import save_file
+    from .files import write_safetensors
 
     if not name or any(sep in name for sep in ("/", "\\", "\x00")) or name in (".", "..") or ".." in name:
         raise InputError(f"{name!r} is not a usable file name (no folders, no '..').")
     stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{stem}.safetensors"
-    tmp = folder / f".{stem}.{os.getpid()}.tmp"
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+    return write_safetensors(folder / f"{stem}.safetensors", {k: v.contiguous() for k, v in tensors.items()},
+                             {str(k): str(v) for k, v in (metadata or {}).items()}, what="the Wan LoRA file")
 
 
 def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
