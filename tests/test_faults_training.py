@@ -27,26 +27,16 @@ import torch
 from motion_core.adapters.files import load_adapter, write_safetensors
 from motion_core.adapters.lora import lora_layers
 from motion_core.errors import Cancelled, StorageError, TrainingError
-from motion_core.methods import create_method
-from motion_core.training import LOCK_NAME, RunLock, TrainingConfig, _process_started, train
-from motion_core.video import moving_square_frames, write_video
+from motion_core.training import LOCK_NAME, RunLock, _process_started, train
+from motion_core.video import write_video
+
+from test_training import motiondirector, small_config as config, square as training_square  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def square(frames: int = 8, side: int = 32) -> torch.Tensor:
-    return moving_square_frames(frames, side, side, square=8, velocity=(1, 0), start=(4, 12))
-
-
-def config(run_dir, **overrides) -> TrainingConfig:
-    values = dict(steps=4, frames=8, width=32, height=32, fps=None, checkpoint_every=0, validate_every=0,
-                  final_preview=False, run_dir=str(run_dir), write_preview_videos=False)
-    values.update(overrides)
-    return TrainingConfig(**values)
-
-
-def motiondirector(**options):
-    return create_method("motiondirector", **{"rank": 4, "noise_prior_steps": 0, **options})
+    return training_square(frames, side)
 
 
 # ================================================================================================ disks
