@@ -91,6 +91,14 @@ def prepare_host(work: Path, comfyui: Path, packs: list[Path]) -> Path:
     return root
 
 
+def host_environment() -> dict[str, str]:
+    """The environment of the host's processes: offline hub, unbuffered output, and no PYTHONPATH (the host
+    imports the pack as a user's ComfyUI does, from custom_nodes)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,8 +130,7 @@ class Server:
                    "--input-directory", str(w / "input"), "--temp-directory", str(w / "temp"),
                    "--user-directory", str(w / "user"), "--database-url", f"sqlite:///{w / 'comfyui.db'}",
                    "--disable-all-custom-nodes", "--whitelist-custom-nodes", *self.packs]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)  # the host imports the pack as a user's ComfyUI does, from custom_nodes
+        env = host_environment()
         log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -499,9 +506,7 @@ print(json.dumps({"patches": len(recorder.patches), "unmatched": unmatched, "wro
 def ade_lora_key_check(root: Path, lora_name: str, mm_name: str) -> dict:
     """AnimateDiff-Evolved's own verdict on a motion LoRA file: how many patches its loader makes and which of
     them match no weight (or the wrong shape) of the motion module -- ADE drops those silently."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", _ADE_KEY_CHECK, lora_name, mm_name], cwd=root, env=env,
+    done = subprocess.run([sys.executable, "-c", _ADE_KEY_CHECK, lora_name, mm_name], cwd=root, env=host_environment(),
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -533,7 +538,7 @@ def run_workflow(server: Server, path: Path, object_info: dict, timeout: float) 
 def check_in_frontend(server: Server, paths: list[Path], playwright_dir: Path) -> list[str]:
     """Load the workflows in the real frontend (after the run, so inputs and outputs exist) and report nodes
     whose boxes, as the frontend draws them once previews loaded, meet (title bars included)."""
-    from workflow_layout import TITLE
+    from workflow_layout import TITLE, boxes_meeting
 
     out = server.work / "frontend"
     out.mkdir(exist_ok=True)
@@ -546,10 +551,8 @@ def check_in_frontend(server: Server, paths: list[Path], playwright_dir: Path) -
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))["report"]
     problems = []
     for name, info in report.items():
-        boxes = [(n["id"], n["type"], n["pos"][0], n["pos"][1] - TITLE, n["pos"][0] + n["size"][0],
-                  n["pos"][1] + n["size"][1]) for n in info["nodes"]]
-        met = [(a[1], b[1]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
-               if a[2] < b[4] and b[2] < a[4] and a[3] < b[5] and b[3] < a[5]]
+        met = boxes_meeting([(n["type"], (n["pos"][0], n["pos"][1] - TITLE, n["pos"][0] + n["size"][0],
+                                          n["pos"][1] + n["size"][1])) for n in info["nodes"]])
         tallest = max(((n["type"], round(n["size"][1])) for n in info["nodes"]), key=lambda x: x[1])
         print(f"     frontend: {name}: zoom {info['scale']}, {len(info['nodes'])} nodes, tallest {tallest}, "
               f"{len(met)} overlapping", flush=True)

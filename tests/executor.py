@@ -434,6 +434,12 @@ class SaveAnimatedWEBP:
                        "animated": (True,)}}
 
 
+def _input_files() -> list[str]:
+    """Files at the top of the input folder: what the core loaders list (they filter by content type)."""
+    folder = host.input_dir()
+    return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
 class _VideoFromComponents:
     """What ``CreateVideo`` returns (a VIDEO): frames + frame rate, read back by ``get_components()`` as
     ``VideoComponents(images, audio, frame_rate)`` (comfy_api/latest/_input_impl/video_types.py)."""
@@ -474,9 +480,7 @@ class LoadVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folder = host.input_dir()
-        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-        return {"required": {"file": (files, {"video_upload": True})}}
+        return {"required": {"file": (_input_files(), {"video_upload": True})}}
 
     def execute(self, file):
         return (_VideoFromFile(host.input_dir() / file),)
@@ -568,9 +572,7 @@ class LoadImage:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folder = host.input_dir()
-        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-        return {"required": {"image": (files, {"image_upload": True})}}
+        return {"required": {"image": (_input_files(), {"image_upload": True})}}
 
     def load_image(self, image):
         import numpy as np

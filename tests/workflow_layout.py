@@ -43,15 +43,19 @@ def display_box(node: dict) -> tuple[float, float, float, float]:
     return (x, y - TITLE, x + w, y + h)
 
 
-def overlaps(workflow: dict) -> list[tuple[int, int]]:
-    """Pairs of node ids whose drawn boxes meet."""
-    boxes = [(n["id"], display_box(n)) for n in workflow["nodes"]]
+def boxes_meeting(boxes: list[tuple[object, tuple[float, float, float, float]]]) -> list[tuple[object, object]]:
+    """Pairs of labels whose (left, top, right, bottom) boxes meet."""
     found = []
     for i, (a, (l1, t1, r1, b1)) in enumerate(boxes):
         for b, (l2, t2, r2, b2) in boxes[i + 1:]:
             if l1 < r2 and l2 < r1 and t1 < b2 and t2 < b1:
                 found.append((a, b))
     return found
+
+
+def overlaps(workflow: dict) -> list[tuple[int, int]]:
+    """Pairs of node ids whose drawn boxes (with previews grown, :func:`display_box`) meet."""
+    return boxes_meeting([(n["id"], display_box(n)) for n in workflow["nodes"]])
 
 
 def _depths(workflow: dict) -> dict[int, int]:
