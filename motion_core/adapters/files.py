@@ -248,16 +248,24 @@ def _foreign_file_message(path: Path, tensors: Mapping[str, torch.Tensor], metad
             "MotionDirector reference .pt, or an AnimateDiff-Evolved motion LoRA.")
 
 
-def read_reference_pt(path: str | os.PathLike, what: str) -> Any:
+def read_reference_pt(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any:
     """The content of a reference ``.pt`` read with ``torch.load(weights_only=True)`` -- never anything that
     runs code. InputError in MotionKit's words when the file is refused: a pickle that would run code (or build
-    objects other than tensors) is named as such and was not loaded; a damaged file is called damaged."""
+    objects other than tensors) is named as such and was not loaded; a damaged file is called damaged.
+    ``mmap``: map the tensors from the file instead of reading them (large checkpoints; files in torch's old
+    pre-zip format cannot be mapped and are read)."""
     import pickle
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist. Check the path, or put the file in the motion adapters folder.")
     try:
+        if mmap:
+            try:
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # "mmap can only be used with files saved with torch.save(_use_new_zipfile...)"
+                if "zipfile" not in str(exc):
+                    raise
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL\s+([\w.$<>]+)", str(exc))

@@ -56,6 +56,7 @@ __all__ = [
     "detect_family",
     "load_video_model",
     "register_family",
+    "register_single_file_family",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -204,7 +205,8 @@ def inspect_source(source: str | os.PathLike, *, motion_adapter: Any = None,
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(f"{text} is a file; give the model's folder (the one with model_index.json).")
+            raise ModelLoadError(f"{text} is a file; give the model's folder (the one with model_index.json), or "
+                                 f"load it with load_video_model, which takes single files too.")
         index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
         classes: dict[str, str] = {}
         for key, value in index.items():
@@ -517,6 +519,79 @@ def detect_family(source: str | os.PathLike, *, motion_adapter: Any = None,
     return _detect(inspect_source(source, motion_adapter=motion_adapter, local_files_only=local_files_only))
 
 
+# --------------------------------------------------------------------------------------------- single files
+@dataclass
+class SingleFileRequest:
+    """A model given as ComfyUI-style files (see :mod:`motion_core.backbones.single_file`)."""
+
+    #: the diffusion model / checkpoint file (``source`` of :func:`load_video_model`)
+    path: Path
+    #: what :func:`single_file.identify` read from it
+    kind: Any
+    dtype: torch.dtype
+    device: torch.device
+    #: Wan: the umt5 file; None = not given
+    text_encoder: Path | None = None
+    #: Wan: the VAE file; SD1.5: an optional VAE replacing the checkpoint's
+    vae: Path | None = None
+    #: Wan 2.2 A14B: the low-noise expert (``path`` is then the high-noise one)
+    low_noise_model: Path | None = None
+    #: AnimateDiff: a motion module file (or a MotionAdapter folder / hub id / instance)
+    motion_adapter: Any = None
+    #: a tokenizer folder to use instead of the one found in the files / the host
+    tokenizer: Path | None = None
+
+
+SingleFileLoader = Callable[[SingleFileRequest], VideoModel]
+_SINGLE_FILE_LOADERS: dict[str, SingleFileLoader] = {}
+
+
+def register_single_file_family(family: str, load: SingleFileLoader) -> None:
+    """Make files that :func:`single_file.identify` calls ``family`` loadable by :func:`load_video_model`."""
+    _SINGLE_FILE_LOADERS[family] = load
+
+
+def _optional_path(value: Any, what: str) -> Path | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    path = Path(os.fspath(value)).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"{what} not found: {path}")
+    return path
+
+
+def _load_single_file(path: Path, *, family: str, dtype: torch.dtype, device: torch.device, text_encoder: Any,
+                      vae: Any, low_noise_model: Any, motion_adapter: Any, tokenizer: Any) -> VideoModel:
+    from . import single_file
+
+    kind = single_file.identify(path)
+    name = kind.family
+    if name == "sd15":
+        name = "animatediff"  # an SD1.5 image model is a video model with a motion module
+    if family not in (None, "", "auto") and family != name:
+        raise ModelLoadError(f"{path.name} is {kind.describe()}, not a {family} model; pick family 'auto' or "
+                             f"a {family} file.")
+    loader = _SINGLE_FILE_LOADERS.get(name)
+    if loader is None or kind.role not in ("diffusion_model", "checkpoint"):
+        loadable = "a Wan diffusion model (models/diffusion_models) or an SD1.5 checkpoint (models/checkpoints)"
+        if kind.role in ("text_encoder", "vae", "motion_module", "controlnet", "lora"):
+            raise ModelLoadError(f"{path.name} is {kind.describe()}, not a video diffusion model: give {loadable} "
+                                 f"as the model, and this file as its {kind.role.replace('_', ' ')}.")
+        what = kind.describe() if kind.family != "unknown" else "no model MotionKit recognises"
+        raise ModelLoadError(f"{path.name} is {what}: MotionKit loads {loadable}, or a diffusers folder "
+                             f"(ZeroScope / ModelScope, AnimateDiff, Wan).")
+    request = SingleFileRequest(
+        path=path, kind=kind, dtype=dtype, device=device,
+        text_encoder=_optional_path(text_encoder, "text encoder file"), vae=_optional_path(vae, "VAE file"),
+        low_noise_model=_optional_path(low_noise_model, "low-noise model file"),
+        motion_adapter=motion_adapter, tokenizer=_optional_path(tokenizer, "tokenizer folder"))
+    logger.info("loading %s (%s) as %s (%s, %s)", path, kind.variant, name, dtype, device)
+    model = loader(request)
+    if not isinstance(model, FAMILIES[name]):
+        raise ModelLoadError(f"the {name} file loader returned a {type(model).__name__}")
+    return model
+
+
 def load_video_model(
     source: str | os.PathLike,
     *,
@@ -525,14 +600,35 @@ def load_video_model(
     device: str | torch.device = "auto",
     motion_adapter: Any = None,
     local_files_only: bool | None = None,
+    text_encoder: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    low_noise_model: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
 ) -> VideoModel:
     """Load a video diffusion model as a :class:`VideoModel` (frozen, eval mode, on ``device``).
 
-    ``motion_adapter`` (AnimateDiff): a MotionAdapter folder, hub id or instance; required for a plain
-    Stable Diffusion folder, optional for an AnimateDiff folder (it then replaces the motion modules).
+    ``source``: a diffusers folder, a hub id, or a single file as ComfyUI keeps it -- a Wan diffusion model
+    (``models/diffusion_models``; then ``text_encoder`` = the umt5-xxl file and ``vae`` = the Wan VAE file, and
+    for Wan 2.2 A14B ``source`` = the high-noise expert and ``low_noise_model`` = the low-noise one) or an SD1.5
+    checkpoint (``models/checkpoints``; then ``motion_adapter`` = an AnimateDiff motion module file, and
+    ``vae`` optionally replaces the checkpoint's VAE). ``tokenizer``: a tokenizer folder, for files that carry
+    none (SD1.5's CLIP outside ComfyUI).
+
+    ``motion_adapter`` (AnimateDiff): a MotionAdapter folder, hub id or instance, or a motion module file;
+    required for a plain Stable Diffusion folder, optional for an AnimateDiff folder (it then replaces the
+    motion modules).
     """
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_file():
+        return _load_single_file(path, family=family, dtype=target_dtype, device=target_device,
+                                 text_encoder=text_encoder, vae=vae, low_noise_model=low_noise_model,
+                                 motion_adapter=motion_adapter, tokenizer=tokenizer)
+    for value, what in ((text_encoder, "text_encoder"), (vae, "vae"), (low_noise_model, "low_noise_model")):
+        if value not in (None, ""):
+            raise ModelLoadError(f"{what} is for a model given as single files; {source} is a folder / hub id that "
+                                 f"brings its own {what.replace('_', ' ')}.")
     info = inspect_source(source, motion_adapter=motion_adapter, local_files_only=local_files_only)
     if family in (None, "", "auto"):
         name = _detect(info)
