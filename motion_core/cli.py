@@ -24,9 +24,11 @@ log = logging.getLogger("motion_core")
 SMOKE_BANNER = (
     "SMOKE TEST: no --model was given, so this ran on a tiny randomly initialised {family} model built "
     "on the fly (no weights, no network). The output is noise-like by design; it only proves the whole "
-    "path works.\nTo use real weights, pass a diffusers folder or a hub id, e.g.\n"
-    "  --model /path/to/ComfyUI/models/diffusers/zeroscope_v2_576w   (or --model cerspense/zeroscope_v2_576w)\n"
-    "  --model /path/to/stable-diffusion-v1-5 --motion-adapter /path/to/animatediff-motion-adapter-v1-5-3"
+    "path works.\nTo use real weights, pass ComfyUI's model files, a diffusers folder or a hub id, e.g.\n"
+    "  --model ComfyUI/models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors   (umt5 + VAE found beside it)\n"
+    "  --model ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors "
+    "--motion-adapter ComfyUI/models/animatediff_models/v3_sd15_mm.ckpt --tokenizer ComfyUI/comfy/sd1_tokenizer\n"
+    "  --model ComfyUI/models/diffusers/zeroscope_v2_576w   (or --model cerspense/zeroscope_v2_576w)"
 )
 
 DEFAULT_PROMPT = "a red square sliding to the right on a dark background"
@@ -48,13 +50,27 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # --------------------------------------------------------------------------------------------- shared
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="diffusers model folder or hub id (a hub id downloads only when the "
-                   "network is there). Omit it for an offline smoke test on a tiny built-in model.")
+    g.add_argument("--model", help="the model: a diffusers folder, a hub id (a hub id downloads only when the "
+                   "network is there), or a ComfyUI model file -- a Wan diffusion model "
+                   "(models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors) or an SD1.5 checkpoint "
+                   "(models/checkpoints/...) with --motion-adapter. Omit it for an offline smoke test on a tiny "
+                   "built-in model.")
     g.add_argument("--family", default="auto", choices=["auto", "unet3d", "animatediff", "wan"],
-                   help="model family; 'auto' reads it from the folder's config (default: auto). Also the "
-                   "family of the built-in smoke-test model when --model is omitted (auto = unet3d).")
-    g.add_argument("--motion-adapter", help="AnimateDiff MotionAdapter folder or hub id, when --model is a "
-                   "plain Stable Diffusion 1.5 folder")
+                   help="model family; 'auto' reads it from the folder's config or the file's weights (default: "
+                   "auto). Also the family of the built-in smoke-test model when --model is omitted (auto = unet3d).")
+    g.add_argument("--motion-adapter", help="AnimateDiff motion module for a Stable Diffusion 1.5 --model: a file "
+                   "(models/animatediff_models/v3_sd15_mm.ckpt) or a diffusers MotionAdapter folder / hub id")
+    g.add_argument("--text-encoder", default="auto", help="Wan files: the umt5-xxl text encoder file "
+                   "(models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors; fp16/bf16/fp8). auto = the one "
+                   "umt5 file in the text_encoders / clip folders beside the model's folder (default: auto)")
+    g.add_argument("--vae", default="auto", help="Wan files: the VAE file (models/vae/wan_2.1_vae.safetensors; "
+                   "wan2.2_vae.safetensors for TI2V-5B). auto = the fitting one in the vae folder beside the model's "
+                   "folder; for an SD1.5 checkpoint, auto = the checkpoint's own VAE (default: auto)")
+    g.add_argument("--low-noise-model", help="Wan 2.2 A14B files: the low-noise expert "
+                   "(wan2.2_t2v_low_noise_14B_fp16.safetensors); --model is then the high-noise one")
+    g.add_argument("--tokenizer", help="a tokenizer folder, for model files that carry none: an SD1.5 checkpoint's "
+                   "CLIP outside ComfyUI needs one, e.g. ComfyUI/comfy/sd1_tokenizer (vocab.json + merges.txt). "
+                   "Wan's umt5 files carry their own")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="weights dtype; auto = fp16 on CUDA, fp32 on CPU (default: auto)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: auto)")
@@ -120,7 +136,8 @@ def load_model_from_args(args: argparse.Namespace):
         fit_smoke_frames(model, args)
         return model, True
     model = load_video_model(args.model, family=args.family, dtype=args.dtype, device=args.device,
-                             motion_adapter=args.motion_adapter)
+                             motion_adapter=args.motion_adapter, text_encoder=args.text_encoder, vae=args.vae,
+                             low_noise_model=args.low_noise_model, tokenizer=args.tokenizer)
     return model, smoke
 
 

@@ -205,6 +205,52 @@ def sparsectrl_model_path(name: str) -> Path:
     return _resolve_in(models_dirs("controlnet") + models_dirs("diffusers"), name, "SparseCtrl folder")
 
 
+# ComfyUI's own folders of single model files (folder_paths names), where users keep the Wan, SD1.5,
+# AnimateDiff and SparseCtrl files MotionKit loads directly. ComfyUI lists models/unet under diffusion_models
+# and models/clip under text_encoders; animatediff_models is registered by AnimateDiff-Evolved (without it, only
+# ComfyUI/models/animatediff_models is read).
+DIFFUSION_MODELS = "diffusion_models"
+CHECKPOINTS = "checkpoints"
+TEXT_ENCODERS = "text_encoders"
+VAE = "vae"
+ANIMATEDIFF_MODELS = "animatediff_models"
+CONTROLNET = "controlnet"
+#: file endings of model files (``folder_paths.supported_pt_extensions``)
+WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin")
+
+
+def list_model_files(kind: str) -> list[str]:
+    """Weight files (relative names, ``/``-separated) in every folder of model kind ``kind``."""
+    if folder_paths is not None:
+        try:
+            names = folder_paths.get_filename_list(kind)
+        except KeyError:  # a kind nobody registered (animatediff_models without AnimateDiff-Evolved)
+            names = None
+        if names is not None:
+            return sorted((n for n in names if n.lower().endswith(WEIGHT_EXTENSIONS)), key=str.lower)
+    found: set[str] = set()
+    for root in models_dirs(kind):
+        if root.is_dir():
+            for path in root.rglob("*"):
+                if path.is_file() and path.name.lower().endswith(WEIGHT_EXTENSIONS):
+                    found.add(path.relative_to(root).as_posix())
+    return sorted(found, key=str.lower)
+
+
+def model_file_path(kind: str, name: str) -> Path:
+    """Full path of a file listed by :func:`list_model_files` for ``kind``."""
+    if folder_paths is not None:
+        try:
+            full = folder_paths.get_full_path(kind, name)
+        except KeyError:
+            full = None
+        if full is not None:
+            return Path(full)
+    what = {DIFFUSION_MODELS: "Diffusion model file", CHECKPOINTS: "Checkpoint", TEXT_ENCODERS: "Text encoder file",
+            VAE: "VAE file", ANIMATEDIFF_MODELS: "Motion module file", CONTROLNET: "ControlNet file"}.get(kind, "File")
+    return _resolve_in(models_dirs(kind), name, what)
+
+
 def motion_adapters_dir() -> Path:
     """Where MotionKit saves motion adapters by default (the first ``motion_adapters`` folder)."""
     return models_dirs(MOTION_ADAPTERS)[0]

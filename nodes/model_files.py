@@ -251,3 +251,93 @@ def video_model_problem(name: str) -> str | bool:
                 "loads UNet3D text-to-video models (ZeroScope, ModelScope), AnimateDiff (a Stable Diffusion 1.5 "
                 "folder + a MotionAdapter, or an AnimateDiff pipeline) and Wan 2.1 / 2.2; pick one of those.")
     return True
+
+
+# ------------------------------------------------------------------------------------------ model files
+# ComfyUI-style single files (a Wan diffusion model, an SD1.5 checkpoint, umt5, a VAE, a motion module,
+# SparseCtrl) are told apart by motion_core.backbones.single_file.identify: from the safetensors header, or for
+# a .ckpt from a memory-mapped torch.load(weights_only=True) -- names and shapes only, never the weights.
+_WEIGHTS: dict[tuple[str, int, int], object] = {}
+
+
+def weights_kind(path: str | os.PathLike):
+    """The :class:`~motion_core.backbones.single_file.WeightsKind` of a model file, or None when it cannot be
+    read (a truncated or foreign file: listed, and left to the loader, which says what is wrong)."""
+    from motion_core.backbones.single_file import identify
+
+    key = _stat_key(Path(path))
+    if key is None:
+        return None
+    if key not in _WEIGHTS:
+        try:
+            kind = identify(path)
+        except (ModelLoadError, InputError, OSError):
+            kind = None
+        _bounded(_WEIGHTS)[key] = kind
+    return _WEIGHTS[key]
+
+
+def _files(kind: str, accept) -> list[str]:
+    names = []
+    for name in host.list_model_files(kind):
+        try:
+            found = weights_kind(host.model_file_path(kind, name))
+        except (InputError, ModelLoadError):
+            continue
+        if found is None or accept(found):
+            names.append(name)
+    return names
+
+
+def _wan_dit(k) -> bool:
+    return k.family == "wan" and k.role == "diffusion_model" and not k.info.get("other")
+
+
+def _sd15_checkpoint(k) -> bool:
+    return k.family == "sd15" and k.role == "checkpoint"
+
+
+def list_video_model_files() -> list[str]:
+    """Wan diffusion models of ``models/diffusion_models`` and SD1.5 checkpoints of ``models/checkpoints``."""
+    return sorted(set(_files(host.DIFFUSION_MODELS, _wan_dit)) | set(_files(host.CHECKPOINTS, _sd15_checkpoint)),
+                  key=str.lower)
+
+
+def video_model_file_path(name: str) -> Path:
+    """Where a name of :func:`list_video_model_files` is (diffusion_models first, then checkpoints)."""
+    for kind in (host.DIFFUSION_MODELS, host.CHECKPOINTS):
+        if name in host.list_model_files(kind):
+            return host.model_file_path(kind, name)
+    where = ", ".join(str(p) for kind in (host.DIFFUSION_MODELS, host.CHECKPOINTS) for p in host.models_dirs(kind))
+    raise ModelLoadError(f"Model file '{name}' was not found in {where}. Put it there, or refresh the node list "
+                         "(press 'r') if you just added it.")
+
+
+def list_wan_model_files() -> list[str]:
+    """Wan diffusion models of ``models/diffusion_models`` (the low-noise expert of a Wan 2.2 A14B pair)."""
+    return _files(host.DIFFUSION_MODELS, _wan_dit)
+
+
+def list_text_encoder_files() -> list[str]:
+    """umt5 text encoders (Wan's) of ``models/text_encoders`` / ``models/clip``."""
+    return _files(host.TEXT_ENCODERS, lambda k: k.family == "umt5")
+
+
+def list_vae_files() -> list[str]:
+    """Wan VAEs (2.1, 2.2) and SD VAEs of ``models/vae``."""
+    return _files(host.VAE, lambda k: k.role == "vae" and k.family in ("wan", "sd"))
+
+
+def list_motion_module_files() -> list[str]:
+    """AnimateDiff SD1.5 motion modules (v1/v2/v3) of ``models/animatediff_models``."""
+    return _files(host.ANIMATEDIFF_MODELS, lambda k: k.role == "motion_module" and k.variant != "sdxl")
+
+
+def list_sparsectrl_files() -> list[str]:
+    """AnimateDiff SparseCtrl files (rgb, scribble) of ``models/controlnet``."""
+    return _files(host.CONTROLNET, lambda k: k.family == "animatediff" and k.role == "controlnet")
+
+
+def is_file_name(name: str) -> bool:
+    """Whether a combo value names a weights file (rather than a diffusers folder)."""
+    return str(name).lower().endswith(host.WEIGHT_EXTENSIONS)

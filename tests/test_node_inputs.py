@@ -223,9 +223,10 @@ def test_video_model_validation(model_folders):
     assert "FluxPipeline" in validate(model="flux", hub_id="", motion_adapter="none")
     assert "not found" in validate(model="gone", hub_id="", motion_adapter="none")
     assert validate(model="no_classes", hub_id="", motion_adapter="none") is True  # the loader says what is missing
-    assert "MotionAdapter" in validate(model="sd15", hub_id="", motion_adapter="none")
+    assert "motion module" in validate(model="sd15", hub_id="", motion_adapter="none")
     assert validate(model="sd15", hub_id="", motion_adapter="motion_adapter_v3") is True
-    assert "not an AnimateDiff MotionAdapter" in validate(model="sd15", hub_id="", motion_adapter="zeroscope")
+    assert "neither an AnimateDiff motion module file nor a MotionAdapter folder" in validate(
+        model="sd15", hub_id="", motion_adapter="zeroscope")
     assert "hub_id is empty" in validate(model=HUB_ENTRY, hub_id=" ", motion_adapter="none")
     assert validate(model=HUB_ENTRY, hub_id="owner/name", motion_adapter="none") is True
     assert validate(model=None, hub_id=None, motion_adapter=None) is True  # linked inputs: checked at run time

@@ -54,6 +54,7 @@ __all__ = [
     "ModelInfo",
     "check_components",
     "detect_family",
+    "find_companion",
     "load_video_model",
     "register_family",
     "register_single_file_family",
@@ -560,11 +561,60 @@ def _optional_path(value: Any, what: str) -> Path | None:
     return path
 
 
+AUTO = "auto"
+#: ComfyUI's model folders where a companion file of each role lives (``folder_paths`` names; ComfyUI lists
+#: ``models/clip`` under ``text_encoders`` too)
+COMPANION_FOLDERS: dict[str, tuple[str, ...]] = {"text_encoder": ("text_encoders", "clip"), "vae": ("vae",)}
+
+
+def _sibling_folders(path: Path, role: str) -> list[Path]:
+    """Outside ComfyUI: the companion folders beside the model's own folder (``models/diffusion_models/x`` ->
+    ``models/text_encoders``, ``models/clip``, ``models/vae``)."""
+    models = path.parent.parent
+    return [models / name for name in COMPANION_FOLDERS[role] if (models / name).is_dir()]
+
+
+def find_companion(path: Path, kind: Any, role: str, folders: list[Path] | None = None) -> Path | None:
+    """The one file of ``role`` ("text_encoder" / "vae") in ``folders`` (default: :func:`_sibling_folders`) that
+    fits the model file ``path`` identified as ``kind``: for Wan, an umt5 text encoder and the VAE of the model's
+    generation (2.2 for TI2V-5B, else 2.1). None when there is none; a ModelLoadError naming the candidates
+    when several fit (the caller must choose)."""
+    from . import single_file
+
+    if kind.family != "wan":
+        return None  # an SD1.5 checkpoint carries its own text encoder and VAE
+    wanted = ({"umt5"} if role == "text_encoder" else
+              {"wan2.2-vae" if kind.info.get("in_dim") == 48 else "wan2.1-vae"})
+    found: list[Path] = []
+    for folder in folders if folders is not None else _sibling_folders(path, role):
+        if not folder.is_dir():
+            continue
+        for candidate in sorted(folder.rglob("*")):
+            if not candidate.name.lower().endswith(single_file.WEIGHT_SUFFIXES) or not candidate.is_file():
+                continue
+            try:
+                other = single_file.identify(candidate)
+            except ModelLoadError:
+                continue
+            if (other.family if role == "text_encoder" else other.variant) in wanted and other.role == role:
+                found.append(candidate)
+    if len(found) > 1:
+        raise ModelLoadError(f"several {role.replace('_', ' ')} files fit {path.name}: "
+                             f"{', '.join(p.name for p in found)}; choose one.")
+    return found[0] if found else None
+
+
 def _load_single_file(path: Path, *, family: str, dtype: torch.dtype, device: torch.device, text_encoder: Any,
-                      vae: Any, low_noise_model: Any, motion_adapter: Any, tokenizer: Any) -> VideoModel:
+                      vae: Any, low_noise_model: Any, motion_adapter: Any, tokenizer: Any,
+                      companion_folders: dict[str, list[Path]] | None = None) -> VideoModel:
     from . import single_file
 
     kind = single_file.identify(path)
+    companions = {"text_encoder": text_encoder, "vae": vae}
+    for role, value in companions.items():
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            companions[role] = find_companion(path, kind, role, (companion_folders or {}).get(role))
+    text_encoder, vae = companions["text_encoder"], companions["vae"]
     name = kind.family
     if name == "sd15":
         name = "animatediff"  # an SD1.5 image model is a video model with a motion module
@@ -600,10 +650,11 @@ def load_video_model(
     device: str | torch.device = "auto",
     motion_adapter: Any = None,
     local_files_only: bool | None = None,
-    text_encoder: str | os.PathLike | None = None,
-    vae: str | os.PathLike | None = None,
+    text_encoder: str | os.PathLike | None = AUTO,
+    vae: str | os.PathLike | None = AUTO,
     low_noise_model: str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | None = None,
+    companion_folders: dict[str, list[Path]] | None = None,
 ) -> VideoModel:
     """Load a video diffusion model as a :class:`VideoModel` (frozen, eval mode, on ``device``).
 
@@ -612,7 +663,9 @@ def load_video_model(
     for Wan 2.2 A14B ``source`` = the high-noise expert and ``low_noise_model`` = the low-noise one) or an SD1.5
     checkpoint (``models/checkpoints``; then ``motion_adapter`` = an AnimateDiff motion module file, and
     ``vae`` optionally replaces the checkpoint's VAE). ``tokenizer``: a tokenizer folder, for files that carry
-    none (SD1.5's CLIP outside ComfyUI).
+    none (SD1.5's CLIP outside ComfyUI). ``text_encoder`` / ``vae`` = ``"auto"``: the one fitting file in
+    ``companion_folders[role]`` (default: ComfyUI's ``text_encoders`` / ``clip`` / ``vae`` folders beside the
+    model file's folder; see :func:`find_companion`).
 
     ``motion_adapter`` (AnimateDiff): a MotionAdapter folder, hub id or instance, or a motion module file;
     required for a plain Stable Diffusion folder, optional for an AnimateDiff folder (it then replaces the
@@ -624,9 +677,10 @@ def load_video_model(
     if path.is_file():
         return _load_single_file(path, family=family, dtype=target_dtype, device=target_device,
                                  text_encoder=text_encoder, vae=vae, low_noise_model=low_noise_model,
-                                 motion_adapter=motion_adapter, tokenizer=tokenizer)
+                                 motion_adapter=motion_adapter, tokenizer=tokenizer,
+                                 companion_folders=companion_folders)
     for value, what in ((text_encoder, "text_encoder"), (vae, "vae"), (low_noise_model, "low_noise_model")):
-        if value not in (None, ""):
+        if value not in (None, "", AUTO):
             raise ModelLoadError(f"{what} is for a model given as single files; {source} is a folder / hub id that "
                                  f"brings its own {what.replace('_', ' ')}.")
     info = inspect_source(source, motion_adapter=motion_adapter, local_files_only=local_files_only)

@@ -70,7 +70,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     at_least(g.add_argument("--timestep", type=int, default=None, help="extraction timestep t_alpha (default 400; "
                             "Wan: 600, i.e. noise level sigma = 0.6)"), 0)
     at_least(g.add_argument("--k", type=int, default=1, help="key frames kept per attention row (default 1)"), 1)
-    g.add_argument("--sparsectrl", help="SparseCtrl folder or hub id (image/sketch-to-video, AnimateDiff)")
+    g.add_argument("--sparsectrl", help="SparseCtrl for image/sketch-to-video (AnimateDiff): a file "
+                   "(models/controlnet/v3_sd15_sparsectrl_rgb.ckpt or _scribble) or a diffusers folder / hub id")
     g.add_argument("--condition-image", action="append", help="condition image file for SparseCtrl; repeat "
                    "for several frames")
     g.add_argument("--condition-frames", default="0", help="frames the condition images go to, comma-"
