@@ -272,9 +272,10 @@ class MotionKitApplyMotionClone:
 
 class MotionKitLoadSparseCtrl:
     DESCRIPTION = (
-        "Loads a SparseCtrl ControlNet (diffusers SparseControlNetModel folder: rgb for image-to-video, "
-        "scribble for sketch-to-video) for an AnimateDiff model, in the model's precision and device, and "
-        "checks that it fits the model."
+        "Loads a SparseCtrl ControlNet (rgb for image-to-video, scribble for sketch-to-video) for an "
+        "AnimateDiff model, in the model's precision and device, and checks that it fits the model: a file from "
+        "ComfyUI/models/controlnet (v3_sd15_sparsectrl_rgb.ckpt, v3_sd15_sparsectrl_scribble.ckpt) or a diffusers "
+        "SparseControlNetModel folder."
     )
     CATEGORY = "MotionKit/MotionClone"
     FUNCTION = "load"
@@ -289,9 +290,11 @@ class MotionKitLoadSparseCtrl:
                 "model": ("MOTION_MODEL", {
                     "tooltip": "The AnimateDiff model SparseCtrl will condition (sets dtype and device, and "
                                "is checked for fit)."}),
-                "sparsectrl": (host.list_sparsectrl_models() + [HUB_ENTRY], {
-                    "tooltip": "A SparseControlNetModel folder in ComfyUI/models/controlnet or models/"
-                               f"diffusers. Choose '{HUB_ENTRY}' to load the hub id typed below."}),
+                "sparsectrl": (host.list_sparsectrl_models() + model_files.list_sparsectrl_files() + [HUB_ENTRY], {
+                    "tooltip": "A SparseCtrl file in ComfyUI/models/controlnet (v3_sd15_sparsectrl_rgb.ckpt / "
+                               "_scribble.ckpt; other ControlNets are not listed) or a SparseControlNetModel "
+                               f"folder in models/controlnet or models/diffusers. Choose '{HUB_ENTRY}' to load "
+                               "the hub id typed below."}),
                 "hub_id": ("STRING", {
                     "default": "", "multiline": False, "placeholder": "e.g. guoyww/animatediff-sparsectrl-rgb",
                     "tooltip": "A Hugging Face hub id (guoyww/animatediff-sparsectrl-rgb or -scribble). When "
@@ -305,7 +308,11 @@ class MotionKitLoadSparseCtrl:
             return True
         if sparsectrl == HUB_ENTRY:
             return f"SparseCtrl is '{HUB_ENTRY}' but hub_id is empty: type a hub id or pick a folder."
-        if sparsectrl not in host.list_sparsectrl_models():
+        if model_files.is_file_name(sparsectrl):
+            if sparsectrl not in model_files.list_sparsectrl_files():
+                where = ", ".join(str(p) for p in host.models_dirs(host.CONTROLNET))
+                return f"SparseCtrl file '{sparsectrl}' was not found in {where} (or is not a SparseCtrl model)."
+        elif sparsectrl not in host.list_sparsectrl_models():
             return f"SparseCtrl folder '{sparsectrl}' was not found in models/controlnet or models/diffusers."
         return True
 
@@ -317,6 +324,8 @@ class MotionKitLoadSparseCtrl:
             source = hub_id
         elif sparsectrl == HUB_ENTRY:
             raise InputError(f"SparseCtrl is '{HUB_ENTRY}' but hub_id is empty: type a hub id or pick a folder.")
+        elif model_files.is_file_name(sparsectrl):
+            source = str(host.model_file_path(host.CONTROLNET, sparsectrl))
         else:
             source = str(host.sparsectrl_model_path(sparsectrl))
         return (load_sparsectrl(source, model),)
