@@ -53,6 +53,8 @@ TINY = dict(dim=256, ffn_dim=512, num_layers=2, num_heads=2)
 REAL = {"1.3B": dict(dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
         "14B": dict(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40)}
 COMMON = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
+#: Wan 2.1 I2V: latents + mask + first-frame latents in, CLIP-H image tokens (1280 wide, fixed in ComfyUI)
+I2V = dict(model_type="i2v", in_dim=36)
 FORMATS = ("comfy", "kohya")
 RANK = 4
 #: fp32 rounding of W + dW against W + dW computed elsewhere (|W| ~ 0.05, |dW| ~ 0.1)
@@ -104,9 +106,10 @@ def comfy_warnings(*needles: str):
         logging.getLogger().removeHandler(handler)
 
 
-def comfy_wan(C, config: dict, device: str = "meta"):
+def comfy_wan(C, config: dict, device: str = "meta", *, image: bool = False):
     """ComfyUI's own Wan DiT class with ``config`` (no weights: ``disable_weight_init`` ops on ``device``)."""
-    return C["WanModel"](**COMMON, **config, device=device, operations=C["ops"].disable_weight_init)
+    options = {**COMMON, **(I2V if image else {}), **config}
+    return C["WanModel"](**options, device=device, operations=C["ops"].disable_weight_init)
 
 
 def random_original_weights(C, seed: int) -> dict:
@@ -121,15 +124,17 @@ def random_original_weights(C, seed: int) -> dict:
     return out
 
 
-def diffusers_wan(config: dict):
+def diffusers_wan(config: dict, *, image: bool = False):
+    """diffusers' Wan DiT with ``config`` (``image``: Wan 2.1 I2V: 36 input channels, CLIP image context)."""
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
         patch_size=COMMON["patch_size"], num_attention_heads=config["num_heads"],
-        attention_head_dim=config["dim"] // config["num_heads"], in_channels=COMMON["in_dim"],
+        attention_head_dim=config["dim"] // config["num_heads"], in_channels=I2V["in_dim"] if image else COMMON["in_dim"],
         out_channels=COMMON["out_dim"], text_dim=COMMON["text_dim"], freq_dim=COMMON["freq_dim"],
         ffn_dim=config["ffn_dim"], num_layers=config["num_layers"], cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6)
+        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280 if image else None,
+        added_kv_proj_dim=config["dim"] if image else None)
 
 
 def to_diffusers(original: dict):
@@ -175,22 +180,39 @@ def inject_motiondirector(model, seed: int):
     ranks/alphas the method uses), then random A and non-zero random B in every LoRA. Returns the method."""
     import torch
 
-    from motion_core.adapters.lora import lora_layers, lora_root
+    from motion_core.adapters.lora import lora_root
     from motion_core.methods import create_method
 
     method = create_method("motiondirector", rank=RANK, noise_prior_steps=0)
     clip = type("Clip", (), {"video_index": 0, "inverted": None})()
     method.setup(model, [clip], torch.Generator().manual_seed(seed))
+    randomize_lora(lora_root(model), seed)
+    return method
+
+
+def randomize_lora(root, seed: int) -> None:
+    """Random A and non-zero random B in every LoRA under ``root`` (a LoRA that starts as a no-op would hide a
+    wrong key or scale); LoRAs on the meta device are left alone."""
+    import torch
+
+    from motion_core.adapters.lora import lora_layers
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in lora_layers(lora_root(model)).values():
+        for layer in lora_layers(root).values():
             for name in layer.lora_A:
-                if layer.lora_A[name].weight.device.type == "meta":
-                    continue
                 a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-                a.copy_(torch.randn(a.shape, generator=g) / a.shape[1] ** 0.5)
-                b.copy_(0.2 * torch.randn(b.shape, generator=g))
-    return method
+                if a.device.type != "meta":
+                    a.copy_(torch.randn(a.shape, generator=g) / a.shape[1] ** 0.5)
+                    b.copy_(0.2 * torch.randn(b.shape, generator=g))
+
+
+def linear_names(module) -> list[str]:
+    """Every ``nn.Linear`` of a diffusers Wan DiT: attention (self, text, image), feed-forward, the condition
+    embedders, the head -- every layer a Wan LoRA can hold."""
+    from torch import nn
+
+    return [n for n, m in module.named_modules() if type(m) is nn.Linear]
 
 
 def peft_deltas(root, set_name: str, prefix: str = "") -> dict:
@@ -447,23 +469,58 @@ class Checks:
         finally:
             method.teardown(model)
 
+    # -------------------------------------------------------------------------------- every Linear, tiny weights
+    def wan21_every_linear(self) -> None:
+        """A LoRA on every Linear of MotionKit's Wan DiT (text cross-attention, embeddings and head too; alpha =
+        2 x rank): more than a method trains today, every layer a MotionKit Wan LoRA can hold."""
+        from motion_core.adapters.lora import LoraSet, inject_lora, lora_weights
+
+        original = random_original_weights(self.C, seed=11)
+        transformer, to_comfy = to_diffusers(original)
+        patcher, base, _, _ = self.comfy_model(original, "motionkit_tiny_wan21.safetensors")
+        inject_lora(transformer, "every", linear_names(transformer), rank=RANK, alpha=2.0 * RANK, init=False)
+        randomize_lora(transformer, seed=6)
+        lora_set = LoraSet(name="every", role="motion", rank=RANK, alpha=2.0 * RANK,
+                           weights=lora_weights(transformer, "every"))
+        for fmt in FORMATS:
+            self.lora_case(f"wan2.1 every Linear alpha = 2 rank {fmt}", patcher, base, export(lora_set, fmt),
+                           peft_deltas(transformer, "every"), to_comfy)
+
     # -------------------------------------------------------------------------------- real sizes, meta device
-    def meta(self, label: str, config: dict, experts: int) -> None:
-        import torch
-
-        from motion_core.adapters.lora import lora_layers, lora_root
-        from motion_core.backbones.wan import WanVideoModel
-
-        comfy_dit = comfy_wan(self.C, config)
-        state = comfy_dit.state_dict()
+    def comfy_meta(self, config: dict, *, image: bool = False):
+        """ComfyUI's Wan model of ``config`` on the meta device as its loaders build it: the DiT's weight names
+        and shapes -> ``model_config_from_unet`` (ComfyUI's detection) -> ``get_model`` (its ``WAN21`` class)."""
+        state = comfy_wan(self.C, config, image=image).state_dict()
         model_config = self.C["detection"].model_config_from_unet(state, "")
         comfy_model = model_config.get_model(state, "", device="meta")
-        comfy_shapes = {k: tuple(v.shape) for k, v in comfy_model.state_dict().items()}
         detected = {k: model_config.unet_config.get(k) for k in ("dim", "num_heads", "num_layers", "ffn_dim")}
-        with torch.device("meta"):
-            transformers = [diffusers_wan(config) for _ in range(experts)]
+        detected["model_type"] = model_config.unet_config.get("model_type")
+        return comfy_model, detected
+
+    def meta_case(self, case: str, comfy_model, detected: dict, expected: dict, lora: dict, adapted: int) -> None:
+        patches, missed = comfy_load_lora(self.C, comfy_model, lora)
+        shapes = {k: tuple(v.shape) for k, v in comfy_model.state_dict().items()}
+        wrong_shape = [k for k, p in patches.items() if shapes.get(k) != (p.weights[0].shape[0], p.weights[1].shape[1])]
+        exported = sum(k.endswith(".alpha") for k in lora)
+        self.record({
+            "case": case, "comfy_detected": detected, "comfy_weights": len(shapes), "adapted_layers": adapted,
+            "exported_layers": exported, "keys_in_file": len(lora), "patches": len(patches), "unmatched": missed,
+            "wrong_shape": wrong_shape,
+            "ok": bool(detected == expected and not missed and not wrong_shape and exported == adapted == len(patches) > 0
+                       and all(k.startswith("diffusion_model.") for k in patches))})
+
+    def meta(self, label: str, config: dict, experts: int) -> None:
+        """MotionDirector's LoRAs on the real config, injected by its ``setup`` on MotionKit's meta model."""
+        import torch
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        from motion_core.adapters.lora import LoraSet, lora_layers, lora_root
+        from motion_core.backbones.wan import WanVideoModel
+
+        comfy_model, detected = self.comfy_meta(config)
+        expected = {**config, "model_type": "t2v"}
+        with torch.device("meta"):
+            transformers = [diffusers_wan(config) for _ in range(experts)]
         model = WanVideoModel(denoiser=transformers[0], vae=None, text_encoder=None, tokenizer=None,
                               scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                               base_model=f"Wan {label} (meta)", denoiser_2=transformers[1] if experts == 2 else None,
@@ -474,32 +531,34 @@ class Checks:
             for set_name in ("temporal", "spatial_0"):
                 weights = {n: (layer.lora_A[set_name].weight, layer.lora_B[set_name].weight)
                            for n, layer in lora_layers(root).items() if set_name in layer.lora_A}
-                from motion_core.adapters.lora import LoraSet
-
                 lora_set = LoraSet(name=set_name, role="motion" if set_name == "temporal" else "appearance",
                                    rank=RANK, alpha=float(RANK), weights=weights)
-                prefixes = [e.name + "." for e in model.experts] if experts == 2 else [""]
-                for prefix in prefixes:
-                    layers = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+                for prefix in ([e.name + "." for e in model.experts] if experts == 2 else [""]):
+                    adapted = sum(k.startswith(prefix) for k in weights)
                     for fmt in FORMATS:
-                        lora = export(lora_set, fmt, prefix=prefix)
-                        patches, missed = comfy_load_lora(self.C, comfy_model, lora)
-                        wrong_shape = []
-                        for key, patch in patches.items():
-                            up, down = patch.weights[0], patch.weights[1]
-                            if comfy_shapes.get(key) != (up.shape[0], down.shape[1]):
-                                wrong_shape.append(key)
-                        exported = sum(k.endswith(".alpha") for k in lora)
-                        case = f"meta {label} {prefix.rstrip('.') or 'model'} {set_name} {fmt}"
-                        self.record({
-                            "case": case, "comfy_detected": detected, "comfy_weights": len(comfy_shapes),
-                            "adapted_layers": len(layers), "exported_layers": exported, "keys_in_file": len(lora),
-                            "patches": len(patches), "unmatched": missed, "wrong_shape": wrong_shape,
-                            "ok": bool(detected == {k: config[k] for k in detected} and not missed and not wrong_shape
-                                       and exported == len(layers) == len(patches) > 0
-                                       and all(k.startswith("diffusion_model.") for k in patches))})
+                        self.meta_case(f"meta {label} {prefix.rstrip('.') or 'model'} {set_name} {fmt}", comfy_model,
+                                       detected, expected, export(lora_set, fmt, prefix=prefix), adapted)
         finally:
             method.teardown(model)
+
+    def meta_every_linear(self, label: str, config: dict, image: bool) -> None:
+        """A LoRA on every Linear of MotionKit's meta model of the real config (T2V, or I2V with its image
+        cross-attention and image embedder)."""
+        import torch
+
+        from motion_core.adapters.lora import LoraSet
+
+        comfy_model, detected = self.comfy_meta(config, image=image)
+        expected = {**config, "model_type": "i2v" if image else "t2v"}
+        with torch.device("meta"):
+            transformer = diffusers_wan(config, image=image)
+        modules = dict(transformer.named_modules())
+        weights = {n: (torch.empty(RANK, modules[n].in_features, device="meta"),
+                       torch.empty(modules[n].out_features, RANK, device="meta")) for n in linear_names(transformer)}
+        lora_set = LoraSet(name="every", role="motion", rank=RANK, alpha=float(RANK), weights=weights)
+        for fmt in FORMATS:
+            self.meta_case(f"meta {label} every Linear {fmt}", comfy_model, detected, expected, export(lora_set, fmt),
+                           len(weights))
 
 
 def torch_equal(a, b) -> bool:
@@ -522,12 +581,15 @@ def main(argv: list[str] | None = None) -> int:
     C = import_comfy(args.comfyui)
     logging.getLogger().setLevel(logging.WARNING)
     checks = Checks(C, work)
-    steps = [("wan 2.1 injected", checks.wan21), ("wan 2.2 a14b pair", checks.a14b)]
+    steps = [("wan 2.1 injected", checks.wan21), ("wan 2.2 a14b pair", checks.a14b),
+             ("wan 2.1 every Linear", checks.wan21_every_linear)]
     if args.train_steps:
         steps.append(("wan 2.1 trained", lambda: checks.wan21_trained(args.train_steps)))
     if not args.skip_meta:
         steps += [(f"meta {k}", lambda k=k: checks.meta(k, REAL[k], 1)) for k in REAL]
         steps.append(("meta a14b", lambda: checks.meta("A14B", REAL["14B"], 2)))
+        steps += [("meta 1.3B every Linear", lambda: checks.meta_every_linear("1.3B T2V", REAL["1.3B"], False)),
+                  ("meta 14B I2V every Linear", lambda: checks.meta_every_linear("14B I2V", REAL["14B"], True))]
     for label, step in steps:
         try:
             step()
