@@ -514,6 +514,18 @@ def ade_lora_key_check(root: Path, lora_name: str, mm_name: str) -> dict:
     return json.loads(lines[-1])
 
 
+def wan_lora_check(root: Path, work: Path) -> dict:
+    """ComfyUI's own LoRA code on MotionKit's Wan motion LoRAs (``tests/host_wan_lora_check.py``, run by the host's
+    Python in the ComfyUI copy): its report, ``{"results": [...], "failed": [...]}``."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "host_wan_lora_check.py"), "--comfyui", str(root),
+                           "--work", str(work / "wan_lora"), "--json"], cwd=root, env=host_environment(),
+                          capture_output=True, text=True, timeout=1200)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise WorkflowFailed(f"the Wan LoRA check failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def run_workflow(server: Server, path: Path, object_info: dict, timeout: float) -> tuple[float, list[Path]]:
     wf = json.loads(path.read_text(encoding="utf-8"))
     prompt = ui_to_api(wf, ui_classes_from_object_info(object_info))
@@ -620,6 +632,23 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if report["unmatched"] or report["wrong_shape"] or not report["patches"]:
                     failures.append(f"{path.name}: ADE does not apply all of {name}: {report}")
+        try:
+            wan = wan_lora_check(root, work)
+            tiny = [r for r in wan["results"] if "max_error" in r]
+            meta = [r for r in wan["results"] if "wrong_shape" in r]
+            print(f"     ComfyUI's LoRA code on MotionKit's Wan LoRAs: {len(tiny)} files on its WAN21 with tiny weights "
+                  f"({sum(r['keys_in_file'] for r in tiny)} keys, {sum(r['patches'] for r in tiny)} patches, "
+                  f"{sum(len(r['unmatched']) for r in tiny)} unmatched, max |patched - base - delta| "
+                  f"{max([r['max_error'] for r in tiny] or [float('nan')]):.1e}); {len(meta)} on real configs (meta): "
+                  f"{sum(r['exported_layers'] for r in meta)} layers exported, {sum(r['patches'] for r in meta)} "
+                  f"patched, {sum(len(r['unmatched']) + len(r['wrong_shape']) for r in meta)} unmatched or misshapen; "
+                  f"{len(wan['failed'])} of {len(wan['results'])} checks failed", flush=True)
+            for r in wan["results"]:
+                if not r["ok"]:
+                    print(f"FAIL ComfyUI's LoRA code, {r['case']}: {json.dumps(r)[:1500]}", flush=True)
+            failures.extend(f"ComfyUI's LoRA code on MotionKit's Wan LoRA: {case}" for case in wan["failed"])
+        except (WorkflowFailed, subprocess.TimeoutExpired) as exc:
+            failures.append(str(exc))
         if args.frontend is not None:
             failures.extend(check_in_frontend(server, paths, args.frontend))
     finally:
