@@ -33,12 +33,14 @@ MAX_COMPONENT_BYTES = 255
 #: run lock ``training.lock`` / ``.training.lock.<8 hex>.stale``, previews ``step-000050_0.mp4``,
 #: ``loss_curve.png``), the adapter file, the atomic temporary of every safetensors write
 #: (``write_safetensors``: a uuid4 hex; a motion representation's ``mkstemp``: 8 characters), the expert pair
-#: of a Wan 2.2 A14B export and their temporaries.
+#: of a Wan 2.2 A14B export and their temporaries, the best checkpoint's adapter (``select_best``).
 NAME_PATTERNS = (
     "{name}",
     "{name}.safetensors",
     ".{name}.safetensors.{uuid}.tmp",
     ".{name}.safetensors.{rand8}.tmp",
+    "{name}_best.safetensors",
+    ".{name}_best.safetensors.{uuid}.tmp",
     "{name}_high_noise.safetensors",
     "{name}_low_noise.safetensors",
     ".{name}_high_noise.safetensors.{uuid}.tmp",

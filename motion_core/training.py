@@ -98,6 +98,8 @@ __all__ = [
 CHECKPOINT_FORMAT = "motionkit.training_checkpoint"
 CHECKPOINT_VERSION = 1
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+#: added to the save name for the best checkpoint's adapter file (``select_best``)
+BEST_SUFFIX = "_best"
 
 
 # ============================================================================================== data
@@ -497,6 +499,14 @@ class TrainingConfig:
     save_name: str | None = None
     adapters_dir: str | None = None
     write_preview_videos: bool = True
+    #: score every preview against the training clip (motion fidelity; CLIP-T with ``score_clip``) and make a
+    #: preview at every checkpoint for it (:mod:`motion_core.metrics`); never changes the trajectory
+    score_previews: bool = False
+    #: CLIP model folder or hub id for the scores' CLIP-T (a scorer given to the Trainer wins)
+    score_clip: str | None = None
+    #: keep the best scored checkpoint (:data:`motion_core.metrics.selection.BEST_RULE`) as a second adapter file,
+    #: ``<save_name>_best.safetensors``, beside the last one (implies ``score_previews``)
+    select_best: bool = False
 
     #: fields that change the trajectory (a checkpoint resumes only if they are equal)
     TRAJECTORY_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -562,9 +572,15 @@ class TrainingResult:
     preview: torch.Tensor | None = None
     seconds: float = 0.0
     skipped_steps: int = 0
+    #: the best scored checkpoint (``select_best``): its step and the adapter file saved for it
+    best_step: int | None = None
+    best_adapter_path: Path | None = None
 
     def loss_curve(self, width: int = 768, height: int = 384) -> torch.Tensor:
-        return render_loss_curve(self.history, width=width, height=height)
+        """The loss curve, with the checkpoint scores beside it when previews were scored."""
+        from .metrics.render import render_training_curves
+
+        return render_training_curves(self.history, width=width, height=height)
 
 
 # ============================================================================================== checkpointing units
@@ -971,7 +987,7 @@ class Trainer:
     def __init__(self, model: "VideoModel", method: TrainingMethod, videos: Sequence[VideoSource],
                  prompt: str | Sequence[str], config: TrainingConfig | None = None, *,
                  progress: "ProgressCallback | None" = None, cancel: "CancelCheck | None" = None,
-                 accelerator: Any = None) -> None:
+                 accelerator: Any = None, clip_scorer: Any = None) -> None:
         from .motion_model import MotionModel
 
         if isinstance(model, MotionModel):
@@ -997,6 +1013,10 @@ class Trainer:
         self._previewed_at = -1
         self.step = 0
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir else self._default_run_dir()
+        self.clip_scorer = clip_scorer
+        self.scoring = bool(self.config.score_previews or self.config.select_best)
+        self.best_step: int | None = None
+        self.best_adapter_path: Path | None = None
 
     # ------------------------------------------------------------------ public
     def run(self, resume: str | os.PathLike | None = None) -> TrainingResult:
@@ -1026,6 +1046,7 @@ class Trainer:
         clips = build_clips(self.videos, self.prompt, frames=cfg.frames, fps=cfg.fps, width=cfg.width,
                             height=cfg.height, windows=cfg.windows, resize=cfg.resize)
         self.num_clips = len(clips)
+        self._score_reference = clips[0].frames if clips else None  # what the previews are scored against
         data_fp = clips_fingerprint(clips)
         checkpoint = find_checkpoint(resume) if resume else None
         state = self._read_state(checkpoint, data_fp) if checkpoint else None
@@ -1095,7 +1116,8 @@ class Trainer:
         return TrainingResult(adapter=adapter, steps=self.step, total_steps=cfg.steps, cancelled=cancelled,
                               history=list(self.history), run_dir=self.run_dir, checkpoint=ckpt_path,
                               adapter_path=adapter_path, preview=self.preview,
-                              seconds=time.perf_counter() - started, skipped_steps=self.skipped)
+                              seconds=time.perf_counter() - started, skipped_steps=self.skipped,
+                              best_step=self.best_step, best_adapter_path=self.best_adapter_path)
 
     # ------------------------------------------------------------------ setup pieces
     def _default_run_dir(self) -> Path:
@@ -1232,11 +1254,13 @@ class Trainer:
             record["step"] = self.step
             self.history.append(record)
             preview = None
-            if cfg.validate_every and self.step % cfg.validate_every == 0 and self.step < cfg.steps:
+            # scored runs preview at every checkpoint too: each checkpoint gets its scores
+            scored_now = self.scoring and bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
+            if ((cfg.validate_every and self.step % cfg.validate_every == 0) or scored_now) and self.step < cfg.steps:
                 if self._preview():
                     return True
                 preview = self.preview
-            elif cfg.validate_every and self.step == cfg.steps and cfg.final_preview:
+            elif (cfg.validate_every or self.scoring) and self.step == cfg.steps and cfg.final_preview:
                 if self._preview(final=True):
                     return True
                 preview = self.preview
@@ -1416,9 +1440,52 @@ class Trainer:
             cancelled = True
         finally:
             self.method.train_mode(model)
+        if self.scoring and not cancelled:
+            self._score_preview(prompts[0])
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         return cancelled
+
+    # ------------------------------------------------------------------ checkpoint scores
+    def _score_preview(self, prompt: str) -> None:
+        """Motion fidelity (and CLIP-T) of the preview against the training clip, into this step's history
+        record; with ``select_best``, a new best is saved as ``<save_name>_best.safetensors`` at once."""
+        from .metrics import evaluate_motion, load_clip_scorer
+        from .metrics.selection import BEST_RULE, selection_score
+
+        cfg = self.config
+        if self.preview is None or self._score_reference is None:
+            return
+        if self.clip_scorer is None and cfg.score_clip:
+            self.clip_scorer = load_clip_scorer(cfg.score_clip, device=self.model.device)
+        try:
+            ev = evaluate_motion(self._score_reference, self.preview[0], prompt=prompt, clip=self.clip_scorer)
+        except InputError as exc:  # a training clip without trackable motion: say so once, keep training
+            log.warning("checkpoint scores are off for this run: %s", exc)
+            self.scoring = False
+            return
+        scores = {"motion_fidelity": ev.motion_fidelity}
+        if ev.text_alignment is not None:
+            scores["text_alignment"] = ev.text_alignment
+        if self.history and self.history[-1].get("step") == self.step:
+            self.history[-1].update(scores)
+        log.info("step %d scores: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if not cfg.select_best:
+            return
+        scored = [h for h in self.history if h.get("step", 0) < self.step and selection_score(h) is not None]
+        score = selection_score(scores)
+        if scored and score is not None and score <= max(selection_score(h) for h in scored):
+            if self.best_step is None:  # resumed: the best so far is an earlier step's file
+                self.best_step = int(max(scored, key=lambda h: (selection_score(h), -h["step"]))["step"])
+            return
+        best = {"step": self.step, "rule": BEST_RULE, "scores": scores, "selection_score": score}
+        adapter = self.method.build_adapter(self.model, steps=self.step, clips=self.cached,
+                                            training_config={**self._metadata_config(), "best_checkpoint": best})
+        self.best_step = self.step
+        if cfg.save_name:
+            from .adapters.files import save_named_adapter
+
+            self.best_adapter_path = save_named_adapter(adapter, f"{cfg.save_name}{BEST_SUFFIX}", cfg.adapters_dir)
 
     def _write_preview(self, frames: torch.Tensor, final: bool) -> None:
         try:
@@ -1590,6 +1657,9 @@ class Trainer:
             needs.append(Need(target.parent, adapter, "the adapter file",
                               "or save the adapter into another folder (CLI: --adapters-dir or "
                               "MOTIONKIT_ADAPTERS_DIR)"))
+            if cfg.select_best:
+                needs.append(Need(target.parent, adapter, "the best checkpoint's adapter file",
+                                  "or save the adapters into another folder (CLI: --adapters-dir)"))
         return needs
 
     def _clear_old_checkpoints(self) -> None:
@@ -1670,11 +1740,13 @@ class Trainer:
 def train(model: "VideoModel", method: TrainingMethod, videos: Sequence[VideoSource | str | torch.Tensor],
           prompt: str | Sequence[str], config: TrainingConfig | None = None, *, resume: str | os.PathLike | None = None,
           progress: "ProgressCallback | None" = None, cancel: "CancelCheck | None" = None,
-          accelerator: Any = None) -> TrainingResult:
-    """Train ``method`` on ``videos`` (VideoSource, file paths, or ``[F,H,W,3]`` frame tensors)."""
+          accelerator: Any = None, clip_scorer: Any = None) -> TrainingResult:
+    """Train ``method`` on ``videos`` (VideoSource, file paths, or ``[F,H,W,3]`` frame tensors); ``clip_scorer`` (a
+    :class:`motion_core.metrics.ClipScorer`) adds CLIP-T to the checkpoint scores of ``config.score_previews``."""
     sources = [v if isinstance(v, VideoSource) else VideoSource(frames=v) if torch.is_tensor(v) else VideoSource(path=v)
                for v in videos]
-    trainer = Trainer(model, method, sources, prompt, config, progress=progress, cancel=cancel, accelerator=accelerator)
+    trainer = Trainer(model, method, sources, prompt, config, progress=progress, cancel=cancel, accelerator=accelerator,
+                      clip_scorer=clip_scorer)
     return trainer.run(resume)
 
 

@@ -94,6 +94,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--preview-cfg", type=float, default=12.0, help="CFG scale of a preview (default 12)")
     o.add_argument("--preview-noise-prior", type=float, default=None, help="noise prior p of previews (default: "
                    "the method's default for this number of videos)")
+    o.add_argument("--score-checkpoints", action="store_true", help="make a preview at every checkpoint and score "
+                   "it against the training clip (motion fidelity; CLIP-T with --score-clip); the scores are drawn "
+                   "beside the loss curve")
+    o.add_argument("--select-best", action="store_true", help="also keep the best scored checkpoint as "
+                   "<save name>_best.safetensors beside the last adapter (its step in the metadata); implies "
+                   "--score-checkpoints. Best = highest motion fidelity (+ CLIP-T with --score-clip), earlier step on "
+                   "a tie")
+    o.add_argument("--score-clip", help="CLIP model folder or hub id for the checkpoint scores' CLIP-T")
     o.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="autocast on CUDA (auto: the model's dtype, bf16 for fp32 models when supported); the CPU "
                    "always trains in fp32")
@@ -318,7 +326,8 @@ def run_train(args: argparse.Namespace) -> int:
         windows=args.windows, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         validate_every=args.validate_every, mixed_precision=args.mixed_precision,
         gradient_checkpointing=not args.no_gradient_checkpointing, run_dir=str(run_dir), save_name=save_name,
-        adapters_dir=args.adapters_dir)
+        adapters_dir=args.adapters_dir, score_previews=bool(args.score_checkpoints or args.select_best),
+        select_best=bool(args.select_best), score_clip=args.score_clip or None)
     if args.checkpoint_every == 0:  # as documented: one checkpoint at the end (the trainer reads 0 as "none")
         config.checkpoint_every = config.resolved(method, len(sources)).steps
     config.preview.prompts = list(args.preview_prompt or [])
@@ -348,6 +357,9 @@ def run_train(args: argparse.Namespace) -> int:
     if result.checkpoint:
         print(f"checkpoint {result.checkpoint}")
     print(f"loss curve {curve}")
+    if result.best_step is not None:
+        print(f"best checkpoint: step {result.best_step}" + (f", wrote {result.best_adapter_path}"
+                                                            if result.best_adapter_path else ""))
     if result.run_dir and (Path(result.run_dir) / "previews").is_dir():
         print(f"previews in {Path(result.run_dir) / 'previews'}")
     if smoke:
