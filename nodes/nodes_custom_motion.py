@@ -136,6 +136,7 @@ class MotionKitTrainCustomMotion:
                     "The trained tensors are kept in fp32. The CPU always trains in fp32."),
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
+                **common.scoring_inputs(),
             },
         }
 
@@ -163,7 +164,8 @@ class MotionKitTrainCustomMotion:
               prior_video=None, prior_video_2=None, prior_folder="", prior_caption="a person doing a gesture",
               video_fps=0.0, prior_video_fps=0.0, training_fps=24.0, prior_weight=0.5, timestep_sampling="high",
               preview_every=500, preview_prompt="", preview_steps=25, weight_decay=1e-2, max_grad_norm=1.0,
-              delta_dtype="float16", mixed_precision="auto", gradient_checkpointing=True, core_video=None):
+              delta_dtype="float16", mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
+              clip=None):
         from motion_core.methods.custom_motion import CustomMotionConfig, train_custom_motion, videos_in_folder
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource
@@ -201,7 +203,7 @@ class MotionKitTrainCustomMotion:
             max_grad_norm=float(max_grad_norm) if float(max_grad_norm) > 0 else None, prior_weight=float(prior_weight),
             timestep_sampling=str(timestep_sampling), delta_dtype=str(delta_dtype))
         config = common.training_config(
-            name, steps=steps, seed=seed, frames=frames, fps=float(training_fps), width=width, height=height,
+            name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps), width=width, height=height,
             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_prompt=preview_prompt,
             preview_steps=preview_steps, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, preview_cfg=9.0)

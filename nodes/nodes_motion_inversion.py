@@ -91,6 +91,7 @@ class MotionKitTrainMotionEmbeddings:
                 "mixed_precision": common.mixed_precision_input("The embeddings stay fp32; the CPU trains in fp32."),
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
+                **common.scoring_inputs(),
             },
         }
 
@@ -107,7 +108,8 @@ class MotionKitTrainMotionEmbeddings:
               resume_from, strategy="hybrid", video_fps=0.0, training_fps=0.0, checkpoint_every=50,
               preview_every=100, preview_prompt="", preview_steps=30, noise_prior=0.5, noise_prior_steps=50,
               weight_decay=0.01, blocks="", mixed_precision="auto", gradient_checkpointing=True, video=None,
-              core_video=None):
+              core_video=None, score_checkpoints=False, keep_best=False,
+              clip=None):
         from motion_core.methods.motion_inversion import MotionInversion, MotionInversionConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource, train
@@ -126,7 +128,7 @@ class MotionKitTrainMotionEmbeddings:
         source = VideoSource(frames=from_comfy_image(reference.frames), fps=reference.fps)
         use_fps = float(training_fps) if (reference.fps and float(training_fps)) else None
         config = common.training_config(
-            name, steps=steps, seed=seed, frames=frames, fps=use_fps, width=width, height=height,
+            name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=use_fps, width=width, height=height,
             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_prompt=preview_prompt,
             preview_steps=preview_steps, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(1))

@@ -96,6 +96,7 @@ class MotionKitTrainMotionMatcher:
                     "The frozen feature passes are recomputed with the LoRA off, as they ran (the reference "
                     "recomputes them with the LoRA on)."),
                 "core_video": common.core_video_input(),
+                **common.scoring_inputs(),
             },
         }
 
@@ -107,7 +108,8 @@ class MotionKitTrainMotionMatcher:
               seed, resume_from, video=None, video_fps=0.0, training_fps=8.0, min_timestep=500,
               spatial_loss_weight=2000.0, temporal_loss_weight=2000.0, feature_downscale=0, preview_every=50,
               preview_prompt="", preview_steps=30, noise_prior=0.3, noise_prior_steps=75, weight_decay=0.01,
-              mixed_precision="auto", gradient_checkpointing=True, core_video=None):
+              mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
+              clip=None):
         from motion_core.methods.motion_matcher import MotionMatcherConfig, train_motion_matcher
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource
@@ -128,7 +130,7 @@ class MotionKitTrainMotionMatcher:
             feature_downscale=int(feature_downscale) or None, noise_prior=float(noise_prior),
             noise_prior_steps=int(noise_prior_steps))
         training = common.training_config(
-            name, steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
+            name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
             height=height, checkpoint_every=checkpoint_every, preview_every=preview_every,
             preview_prompt=preview_prompt, preview_steps=preview_steps, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, preview_noise_prior=float(noise_prior), windows="first")

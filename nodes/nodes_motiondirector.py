@@ -87,6 +87,7 @@ class MotionKitTrainMotionDirector:
                 "mixed_precision": common.mixed_precision_input(),
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
+                **common.scoring_inputs(),
             },
         }
 
@@ -97,7 +98,8 @@ class MotionKitTrainMotionDirector:
     def train(self, model, prompt, steps, learning_rate, rank, frames, width, height, checkpoint_every, save_name,
               seed, resume_from, video=None, video_2=None, video_3=None, video_4=None, video_fps=0.0,
               training_fps=8.0, preview_every=50, preview_prompt="", preview_steps=30, noise_prior_steps=50,
-              weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True, core_video=None):
+              weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
+              clip=None):
         from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource, train
@@ -118,7 +120,7 @@ class MotionKitTrainMotionDirector:
             rank=int(rank), learning_rate=float(learning_rate), noise_prior_steps=int(noise_prior_steps),
             weight_decay=None if float(weight_decay) < 0 else float(weight_decay)))
         config = common.training_config(
-            name, steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
+            name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
             height=height, checkpoint_every=checkpoint_every, preview_every=preview_every,
             preview_prompt=preview_prompt, preview_steps=preview_steps, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(len(sources)))

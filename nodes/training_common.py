@@ -343,3 +343,28 @@ def training_problem(save_name: str | None, resume_from: str | None) -> str | bo
     except InputError as exc:
         return str(exc)
     return True
+
+
+# ------------------------------------------------------------------------------------------ checkpoint scores
+def scoring_inputs() -> dict:
+    """The optional checkpoint-scoring inputs every Train node declares last (``motion_core.metrics``)."""
+    return {
+        "score_checkpoints": ("BOOLEAN", {
+            "default": False,
+            "tooltip": "Make a preview at every checkpoint and score it against the training clip: motion fidelity "
+                       "(and CLIP-T for the preview prompt when a CLIP model is connected). The scores are drawn "
+                       "beside the loss curve."}),
+        "keep_best": ("BOOLEAN", {
+            "default": False,
+            "tooltip": "Also keep the best scored checkpoint as models/motion_adapters/<save_name>_best.safetensors "
+                       "(its step in the metadata), beside the last one; turns score_checkpoints on. Best = highest "
+                       "motion fidelity (+ CLIP-T with a CLIP model), the earlier step on a tie."}),
+        "clip": ("CLIP_SCORER", {"tooltip": "A CLIP model from Load CLIP Scorer: adds CLIP-T to the checkpoint scores."}),
+    }
+
+
+def scoring_options(score_checkpoints: bool, keep_best: bool, clip: Any) -> dict:
+    """TrainingConfig fields of the scoring inputs (the CLIP model by its folder or hub id: the trainer loads it
+    on the training device)."""
+    return {"score_previews": bool(score_checkpoints or keep_best), "select_best": bool(keep_best),
+            "score_clip": getattr(clip, "source", None) or None if clip is not None else None}

@@ -63,6 +63,8 @@ class ClipScorer:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     name: str
+    #: the folder or hub id it was loaded from (a training run reloads it on its own device)
+    source: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -180,4 +182,4 @@ def load_clip_scorer(source: str | os.PathLike, *, device: str | torch.device = 
     model.requires_grad_(False)
     model.train(False)
     return ClipScorer(model.to(torch.device(device)), tokenizer, size, mean, std,
-                      path.name if is_path else text)
+                      path.name if is_path else text, str(path.resolve()) if is_path else text)
