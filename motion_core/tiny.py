@@ -41,6 +41,16 @@ import torch
 from torch import nn
 
 __all__ = [
+    "TinySD15Files",
+    "ldm_unet_state",
+    "ldm_vae_state",
+    "original_motion_state",
+    "sd15_checkpoint_state",
+    "sparsectrl_file_state",
+    "tiny_sd15_modules",
+    "write_full_size_sd15_files",
+    "write_tiny_sd15_files",
+    "write_tiny_sparsectrl_file",
     "build_tiny_sparsectrl",
     "tiny_sparsectrl",
     "TINY_FAMILIES",
@@ -412,3 +422,261 @@ def ensure_tiny_model(family: str, cache_dir: str | os.PathLike | None = None, *
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / json.loads(marker.read_text(encoding="utf-8"))["model"]
+
+
+# --------------------------------------------------------------------------------------------- ComfyUI layouts
+# SD1.5 checkpoints, AnimateDiff motion modules and SparseCtrl files as ComfyUI users have them (LDM /
+# original AnimateDiff layouts), written from diffusers modules. diffusers ships the other direction only
+# (loaders/single_file_utils.py), so the names are mapped here; tests/test_sd_files.py checks them against
+# ComfyUI's and AnimateDiff-Evolved's own classes and converts them back with diffusers' converters.
+
+def _ldm_resnet(name: str) -> str:
+    for new, old in (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+                     ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")):
+        if name.startswith(new + "."):
+            return old + name[len(new):]
+    return name
+
+
+def ldm_unet_state(unet: nn.Module, prefix: str = "model.diffusion_model.") -> dict[str, torch.Tensor]:
+    """A diffusers ``UNet2DConditionModel`` state dict in the LDM layout (``input_blocks`` / ``middle_block`` /
+    ``output_blocks``) that ComfyUI's ``UNetModel`` and SD1.5 checkpoints use."""
+    cfg = unet.config
+    per_level = cfg.layers_per_block + 1
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    out = {}
+    for key, value in unet.state_dict().items():
+        parts = key.split(".")
+        name = None
+        stem = ".".join(parts[:2])
+        if stem in fixed:
+            name = fixed[stem] + "." + ".".join(parts[2:])
+        elif parts[0] in fixed:
+            name = fixed[parts[0]] + "." + ".".join(parts[1:])
+        elif parts[0] == "down_blocks":
+            level, kind = int(parts[1]), parts[2]
+            rest = ".".join(parts[4:])
+            if kind == "downsamplers":
+                name = f"input_blocks.{1 + level * per_level + cfg.layers_per_block}.0.op.{parts[-1]}"
+            else:
+                block = 1 + level * per_level + int(parts[3])
+                name = f"input_blocks.{block}.0.{_ldm_resnet(rest)}" if kind == "resnets" else \
+                    f"input_blocks.{block}.1.{rest}"
+        elif parts[0] == "mid_block":
+            index = int(parts[2])
+            rest = ".".join(parts[3:])
+            name = f"middle_block.{2 * index}.{_ldm_resnet(rest)}" if parts[1] == "resnets" else \
+                f"middle_block.1.{rest}"
+        elif parts[0] == "up_blocks":
+            level, kind = int(parts[1]), parts[2]
+            rest = ".".join(parts[4:])
+            if kind == "upsamplers":
+                has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in unet.state_dict())
+                block = level * per_level + cfg.layers_per_block
+                name = f"output_blocks.{block}.{2 if has_attention else 1}.conv.{parts[-1]}"
+            else:
+                block = level * per_level + int(parts[3])
+                name = f"output_blocks.{block}.0.{_ldm_resnet(rest)}" if kind == "resnets" else \
+                    f"output_blocks.{block}.1.{rest}"
+        if name is None:
+            raise KeyError(f"no LDM name for UNet weight {key}")
+        out[prefix + name] = value
+    return out
+
+
+def ldm_vae_state(vae: nn.Module, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
+    """A diffusers ``AutoencoderKL`` state dict in the LDM layout (``encoder.down.<i>.block.<j>``, attention
+    as 1x1 convolutions) of SD checkpoints and ComfyUI's ``AutoencoderKL``."""
+    levels = len(vae.config.block_out_channels)
+    attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, value in vae.state_dict().items():
+        name = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        for side in ("encoder", "decoder"):
+            name = name.replace(f"{side}.mid_block.resnets.0.", f"{side}.mid.block_1.")
+            name = name.replace(f"{side}.mid_block.resnets.1.", f"{side}.mid.block_2.")
+            if name.startswith(f"{side}.mid_block.attentions.0."):
+                rest = name[len(f"{side}.mid_block.attentions.0."):]
+                layer, _, param = rest.rpartition(".")
+                name = f"{side}.mid.attn_1.{attention[layer]}.{param}"
+                if value.ndim == 2:
+                    value = value[:, :, None, None]
+        parts = name.split(".")
+        if parts[1] in ("down_blocks", "up_blocks"):
+            level = int(parts[2]) if parts[1] == "down_blocks" else levels - 1 - int(parts[2])
+            group = "down" if parts[1] == "down_blocks" else "up"
+            if parts[3] == "resnets":
+                name = f"{parts[0]}.{group}.{level}.block.{parts[4]}." + ".".join(parts[5:])
+            else:  # downsamplers.0.conv / upsamplers.0.conv
+                name = f"{parts[0]}.{group}.{level}.{'downsample' if group == 'down' else 'upsample'}.conv.{parts[-1]}"
+        out[prefix + name] = value
+    return out
+
+
+def original_motion_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Motion modules of a diffusers ``MotionAdapter`` / ``SparseControlNetModel`` state dict in the original
+    AnimateDiff layout (``temporal_transformer``, ``attention_blocks``, ``norms``, one position table per
+    attention block); other weights unchanged."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        if ".motion_modules." not in key:
+            out[key] = value
+            continue
+        name = re.sub(r"\.motion_modules\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", key)
+        if name.endswith(".pos_embed.pe"):
+            stem = name[: -len("pos_embed.pe")]
+            out[stem + "attention_blocks.0.pos_encoder.pe"] = value
+            out[stem + "attention_blocks.1.pos_encoder.pe"] = value.clone()
+            continue
+        for new, old in ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
+                         (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2")):
+            name = name.replace(old, new)
+        out[name] = value
+    return out
+
+
+def sd15_checkpoint_state(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """UNet + VAE + CLIP text encoder as one SD1.5 checkpoint state dict (``models/checkpoints``)."""
+    state = ldm_unet_state(unet)
+    state.update(ldm_vae_state(vae))
+    state.update({"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+                  for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")})
+    return state
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:  # a plain tensor dict, as the original .ckpt files are (torch.load(weights_only=True) reads it)
+        torch.save(state, str(path))
+    return path
+
+
+@dataclass(frozen=True)
+class TinySD15Files:
+    """What :func:`write_tiny_sd15_files` writes: the same weights as ComfyUI files and as diffusers folders."""
+
+    checkpoint: Path
+    motion_module: Path
+    #: diffusers SD1.5-layout folder (unet, vae, text_encoder, tokenizer, scheduler)
+    sd15: Path
+    #: diffusers MotionAdapter folder
+    motion_adapter: Path
+    #: CLIP tokenizer folder (SD1.5 checkpoints carry none)
+    tokenizer: Path
+
+
+def _sd15_rule_text_encoder(width: int, layers: int, vocab: int, positions: int, intermediate: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    # heads = width / 64 (at least 1): the rule the single-file loader applies
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 64), max_position_embeddings=positions, projection_dim=width,
+        hidden_act="quick_gelu"))
+
+
+def tiny_sd15_modules(seed: int = 0, *, version: str = "v3"):
+    """Tiny SD1.5-shaped UNet2D, VAE, CLIP text encoder and motion adapter (``version`` v2: mid-block motion
+    module; v3: none) that follow SD1.5's fixed rules (8 heads, GroupNorm 32, CLIP heads = width / 64), so the
+    single-file loader rebuilds them from shapes alone."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=8, cross_attention_dim=TINY_HIDDEN, norm_num_groups=32)
+        vae = _tiny_vae()
+        text_encoder = _sd15_rule_text_encoder(TINY_HIDDEN, 2, TINY_VOCAB_SIZE, TINY_MODEL_MAX_LENGTH, 37)
+        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=32,
+                                motion_num_attention_heads=8, motion_max_seq_length=32,
+                                use_motion_mid_block=version == "v2")
+        for module in (unet, vae, text_encoder, adapter):
+            _perturb(module, generator)
+    return unet, vae, text_encoder, adapter
+
+
+def write_tiny_sd15_files(folder: str | os.PathLike, seed: int = 0, *, version: str = "v3",
+                          suffix: str = ".safetensors") -> TinySD15Files:
+    """A tiny SD1.5 checkpoint (``checkpoints/tiny_sd15<suffix>``) and motion module
+    (``animatediff_models/tiny_mm_<version><suffix>``) in ComfyUI's layouts, plus the same weights as diffusers
+    folders and the tokenizer; ``suffix`` ``.safetensors`` or ``.ckpt``."""
+    folder = Path(folder)
+    unet, vae, text_encoder, adapter = tiny_sd15_modules(seed, version=version)
+    files = TinySD15Files(
+        checkpoint=_save_weights(sd15_checkpoint_state(unet, vae, text_encoder),
+                                 folder / "checkpoints" / f"tiny_sd15{suffix}"),
+        motion_module=_save_weights(original_motion_state(adapter.state_dict()),
+                                    folder / "animatediff_models" / f"tiny_mm_{version}{suffix}"),
+        sd15=folder / "diffusers" / "tiny_sd15", motion_adapter=folder / "diffusers" / f"tiny_mm_{version}",
+        tokenizer=folder / "tokenizer")
+    with _quiet():
+        unet.save_pretrained(files.sd15 / "unet", safe_serialization=True)
+        _save_common(files.sd15, vae=vae, text_encoder=text_encoder, scheduler=_ddim_scheduler("linear"))
+        _write_model_index(files.sd15, "StableDiffusionPipeline", {
+            **_COMMON_INDEX, "unet": ("diffusers", "UNet2DConditionModel")})
+        adapter.save_pretrained(files.motion_adapter, safe_serialization=True)
+    write_tiny_clip_tokenizer(files.tokenizer)
+    return files
+
+
+def sparsectrl_file_state(controlnet: nn.Module) -> dict[str, torch.Tensor]:
+    """A diffusers ``SparseControlNetModel`` state dict in the original SparseCtrl layout
+    (``v3_sd15_sparsectrl_*.ckpt``: diffusers' ControlNet names, motion modules in AnimateDiff's)."""
+    return original_motion_state(controlnet.state_dict())
+
+
+def write_tiny_sparsectrl_file(path: str | os.PathLike, kind: str = "rgb", seed: int = 0) -> Path:
+    """A tiny SparseCtrl file (``kind`` rgb / scribble) for :func:`tiny_sd15_modules`' UNet (models/controlnet)."""
+    unet = tiny_sd15_modules(seed)[0]
+    controlnet = tiny_sparsectrl(unet.config, 4, kind, seed, motion_num_attention_heads=8)
+    return _save_weights(sparsectrl_file_state(controlnet), Path(path))
+
+
+def write_full_size_sd15_files(models: str | os.PathLike, seed: int = 0, *, dtype: torch.dtype = torch.float16,
+                               checkpoint: str = "sd15_random.safetensors", motion_module: str = "v3_sd15_mm.ckpt",
+                               sparsectrl: dict[str, str] | None = None) -> dict[str, Path]:
+    """Random-weight files at SD1.5's real sizes in ComfyUI's model folders under ``models``: an SD1.5 checkpoint
+    (``checkpoints/``), an AnimateDiff v3 motion module (``animatediff_models/``) and SparseCtrl rgb / scribble
+    (``controlnet/``; ``sparsectrl`` = {kind: file name}, default the v3 names), all from MotionKit's shipped
+    configs. About 2.6 GB in fp16; the full-size models are built one at a time."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .backbones.single_file import shipped_config
+
+    models = Path(models)
+    names = sparsectrl if sparsectrl is not None else {"rgb": "v3_sd15_sparsectrl_rgb.ckpt",
+                                                      "scribble": "v3_sd15_sparsectrl_scribble.ckpt"}
+    written: dict[str, Path] = {}
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        unet = UNet2DConditionModel.from_config(shipped_config("sd15_unet")).to(dtype)
+        vae = AutoencoderKL.from_config(shipped_config("sd15_vae")).to(dtype)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**shipped_config("sd15_text_encoder"))).to(dtype)
+        written["checkpoint"] = _save_weights(sd15_checkpoint_state(unet, vae, text_encoder),
+                                              models / "checkpoints" / checkpoint)
+        del vae, text_encoder
+        adapter = MotionAdapter.from_config(shipped_config("animatediff_motion_adapter_v3"))
+        _perturb(adapter, generator)  # the zero-initialised output projections would make it a no-op
+        written["motion_module"] = _save_weights(original_motion_state(adapter.to(dtype).state_dict()),
+                                                 models / "animatediff_models" / motion_module)
+        del adapter
+        for kind, name in names.items():
+            controlnet = tiny_sparsectrl(unet.config, 8, kind, seed, motion_num_attention_heads=8,
+                                         conditioning_embedding_out_channels=(16, 32, 96, 256))
+            written[f"sparsectrl_{kind}"] = _save_weights(sparsectrl_file_state(controlnet.to(dtype)),
+                                                          models / "controlnet" / name)
+            del controlnet
+    return written

@@ -402,7 +402,9 @@ def _load_unet3d(request: LoadRequest) -> VideoModel:
 
 def load_motion_adapter(motion_adapter: Any, *, dtype: torch.dtype = torch.float32,
                         local_files_only: bool | None = None):
-    """A ``MotionAdapter`` from an instance, a local folder (config.json + weights) or a hub id."""
+    """A ``MotionAdapter`` from an instance, a local folder (config.json + weights), a hub id, or a motion
+    module file in the original AnimateDiff layout (``models/animatediff_models``: ``v3_sd15_mm.ckpt``,
+    ``mm_sd_v15_v2.ckpt``, ``.safetensors`` too; see :mod:`motion_core.backbones.sd_files`)."""
     from diffusers import MotionAdapter
 
     if isinstance(motion_adapter, MotionAdapter):
@@ -412,6 +414,10 @@ def load_motion_adapter(motion_adapter: Any, *, dtype: torch.dtype = torch.float
     text = os.fspath(motion_adapter)
     path = Path(text).expanduser()
     offline = _offline(local_files_only)
+    if path.is_file():
+        from . import sd_files
+
+        return sd_files.load_motion_module_file(path, dtype=dtype)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"motion adapter {text} is not a diffusers MotionAdapter folder "
@@ -618,6 +624,14 @@ def _load_single_file(path: Path, *, family: str, dtype: torch.dtype, device: to
     name = kind.family
     if name == "sd15":
         name = "animatediff"  # an SD1.5 image model is a video model with a motion module
+        from . import sd_files  # noqa: F401  (registers the animatediff single-file loader)
+    if kind.family in ("sdxl", "sd2", "sd") and isinstance(motion_adapter, (str, os.PathLike)):
+        module = Path(os.fspath(motion_adapter)).expanduser()
+        if single_file.is_weights_file(module):  # name both files: the pair is what does not fit
+            raise ModelLoadError(
+                f"{path.name} is {kind.describe()} and {module.name} is {single_file.identify(module).describe()}: "
+                f"MotionKit's AnimateDiff loads an SD1.5 checkpoint (models/checkpoints) with an SD1.5 motion "
+                f"module (models/animatediff_models, e.g. v3_sd15_mm.ckpt).")
     if family not in (None, "", "auto") and family != name:
         raise ModelLoadError(f"{path.name} is {kind.describe()}, not a {family} model; pick family 'auto' or "
                              f"a {family} file.")

@@ -595,13 +595,21 @@ def apply_motion_clone(model: VideoModel | MotionModel, representation: MotionRe
 
 # --------------------------------------------------------------------------------------------- SparseCtrl
 def load_sparsectrl(source: str | Path, model: VideoModel | MotionModel) -> nn.Module:
-    """A diffusers ``SparseControlNetModel`` folder (or hub id) in the model's dtype and device, checked
-    against the model (AdapterMismatchError when it does not fit)."""
+    """A SparseCtrl model in the model's dtype and device, checked against the model (AdapterMismatchError when
+    it does not fit): a SparseCtrl file as ComfyUI users have it (``models/controlnet``:
+    ``v3_sd15_sparsectrl_rgb.ckpt`` / ``v3_sd15_sparsectrl_scribble.ckpt``, or ``.safetensors``; rgb or scribble
+    read from its shapes, see :mod:`motion_core.backbones.sd_files`), or a diffusers ``SparseControlNetModel``
+    folder / hub id."""
     from diffusers import SparseControlNetModel
 
     base = MotionModel.wrap(model).base
     try:
-        controlnet = SparseControlNetModel.from_pretrained(str(source), torch_dtype=base.dtype)
+        if Path(source).is_file():
+            from ..backbones.sd_files import load_sparsectrl_file
+
+            controlnet = load_sparsectrl_file(source, dtype=base.dtype)
+        else:
+            controlnet = SparseControlNetModel.from_pretrained(str(source), torch_dtype=base.dtype)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelLoadError(f"Cannot load a SparseCtrl model from {source}: {exc}. Use a diffusers "
                              "SparseControlNetModel folder, e.g. guoyww/animatediff-sparsectrl-rgb or "
