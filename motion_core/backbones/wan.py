@@ -879,7 +879,16 @@ def _register() -> None:
     from ..noise_prior import register_inversion
 
     loading.register_family("wan", WanVideoModel, load=load_wan, detect=detect_wan)
+    loading.register_single_file_family("wan", _load_wan_files)
     register_inversion("wan", flow_inversion)
+
+
+def _load_wan_files(request: Any) -> WanVideoModel:
+    """ComfyUI-style Wan files (diffusion model + umt5 + VAE): :func:`motion_core.backbones.wan_files.load_wan_files`
+    (imported on first use)."""
+    from .wan_files import load_wan_files
+
+    return load_wan_files(request)
 
 
 _register()
