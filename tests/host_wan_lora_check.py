@@ -16,7 +16,10 @@ What it proves, with ComfyUI's code doing ComfyUI's part:
 2. **The LoRA MotionKit trains.** MotionDirector's temporal + spatial LoRAs injected by its own ``setup`` on the
    Wan model (Wan 2.1, and both experts of a Wan 2.2 A14B pair), with random non-zero A/B; a short real training
    run. Exported by MotionKit in both formats (``comfy``: ``diffusion_model.*.lora_A/B`` + alpha; ``kohya``:
-   ``lora_unet_*.lora_down/up`` + alpha), A14B as a high/low file pair, each file on its own expert.
+   ``lora_unet_*.lora_down/up`` + alpha), A14B as a high/low file pair, each file on its own expert (and the
+   high-noise file on the low-noise expert shown to be another update). Also: ``export_adapter``'s own file,
+   alpha = rank / 2 (scale 0.5), a bf16 file, and a LoRA on every Linear of the DiT (text cross-attention,
+   embeddings, head; alpha = 2 x rank).
 3. **ComfyUI applies it.** ``model_lora_keys_unet`` -> ``convert_lora`` -> ``load_lora`` (the LoRA file keys it
    does not load are the ones it logs as ``lora key not loaded``: counted), and the ``LoraLoaderModelOnly`` node
    itself; ``patch_model`` -> the patched weights. Every adapted layer must be patched with
@@ -26,7 +29,8 @@ What it proves, with ComfyUI's code doing ComfyUI's part:
    each expert of Wan 2.2 A14B), detected back by ComfyUI's ``model_config_from_unet`` and built as its ``WAN21``
    model; MotionKit's diffusers model of the same config with MotionDirector's LoRAs injected by its ``setup``:
    every exported key is loaded by ComfyUI onto a weight of its model, with the weight's shape, and every adapted
-   layer is exported.
+   layer is exported; a LoRA on every Linear of the 1.3B T2V and the 14B I2V (image cross-attention and
+   embedder) too.
 
 Prints one line per check and, with ``--json``, a last line with every number; exits 1 when any check fails.
 """
@@ -227,7 +231,7 @@ def peft_deltas(root, set_name: str, prefix: str = "") -> dict:
     return out
 
 
-def export(lora_set, fmt: str, prefix: str = "", alpha: float | None = None) -> dict:
+def export(lora_set, fmt: str, prefix: str = "", alpha: float | None = None, dtype=None) -> dict:
     """MotionKit's ComfyUI Wan export of one LoRA set (an expert's half when ``prefix``)."""
     from motion_core.adapters.wan_keys import export_comfy_wan_lora
 
@@ -237,7 +241,7 @@ def export(lora_set, fmt: str, prefix: str = "", alpha: float | None = None) -> 
             peft[f"{layer[len(prefix):]}.lora_A.weight"] = a
             peft[f"{layer[len(prefix):]}.lora_B.weight"] = b
     return export_comfy_wan_lora(peft, rank=lora_set.rank, alpha=lora_set.alpha if alpha is None else alpha,
-                                 format=fmt)
+                                 format=fmt, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ ComfyUI's LoRA code
@@ -385,6 +389,14 @@ class Checks:
             for fmt in FORMATS:
                 self.lora_case(f"wan2.1 alpha = rank/2 {fmt}", patcher, base,
                                export(temporal, fmt, alpha=temporal.rank / 2), half, to_comfy)
+            # a bf16 file (``dtype=torch.bfloat16``, half the bytes): exactly the update of the rounded A and B
+            import torch
+
+            rounded = {k: (temporal.alpha / temporal.rank) * (b.bfloat16().float() @ a.bfloat16().float())
+                       for k, (a, b) in temporal.weights.items()}
+            for fmt in FORMATS:
+                self.lora_case(f"wan2.1 bf16 file {fmt}", patcher, base, export(temporal, fmt, dtype=torch.bfloat16),
+                               rounded, to_comfy)
         finally:
             method.teardown(model)
         # the whole model: ComfyUI's patched DiT computes what MotionKit's computes with the adapter on (its
