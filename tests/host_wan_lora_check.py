@@ -53,9 +53,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: the tiny Wan: ComfyUI derives heads = width / 128 and fixes text width 4096 / freq dim 256 / patch (1, 2, 2)
 TINY = dict(dim=256, ffn_dim=512, num_layers=2, num_heads=2)
-#: the real configs (Wan 2.1 T2V 1.3B; Wan 2.1 T2V 14B, also each expert of Wan 2.2 T2V A14B)
+#: the real configs (Wan 2.1 T2V 1.3B; Wan 2.1 T2V 14B, also each expert of Wan 2.2 T2V A14B; Wan 2.2 TI2V 5B)
 REAL = {"1.3B": dict(dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
-        "14B": dict(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40)}
+        "14B": dict(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
+        "5B": dict(dim=3072, ffn_dim=14336, num_layers=30, num_heads=24, in_dim=48, out_dim=48)}
+#: what ComfyUI's detection must read back from the weights
+DETECTED = ("dim", "num_heads", "num_layers", "ffn_dim", "in_dim", "out_dim")
 COMMON = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
 #: Wan 2.1 I2V: latents + mask + first-frame latents in, CLIP-H image tokens (1280 wide, fixed in ComfyUI)
 I2V = dict(model_type="i2v", in_dim=36)
@@ -134,8 +137,9 @@ def diffusers_wan(config: dict, *, image: bool = False):
 
     return WanTransformer3DModel(
         patch_size=COMMON["patch_size"], num_attention_heads=config["num_heads"],
-        attention_head_dim=config["dim"] // config["num_heads"], in_channels=I2V["in_dim"] if image else COMMON["in_dim"],
-        out_channels=COMMON["out_dim"], text_dim=COMMON["text_dim"], freq_dim=COMMON["freq_dim"],
+        attention_head_dim=config["dim"] // config["num_heads"],
+        in_channels=I2V["in_dim"] if image else config.get("in_dim", COMMON["in_dim"]),
+        out_channels=config.get("out_dim", COMMON["out_dim"]), text_dim=COMMON["text_dim"], freq_dim=COMMON["freq_dim"],
         ffn_dim=config["ffn_dim"], num_layers=config["num_layers"], cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280 if image else None,
         added_kv_proj_dim=config["dim"] if image else None)
@@ -505,8 +509,8 @@ class Checks:
         state = comfy_wan(self.C, config, image=image).state_dict()
         model_config = self.C["detection"].model_config_from_unet(state, "")
         comfy_model = model_config.get_model(state, "", device="meta")
-        detected = {k: model_config.unet_config.get(k) for k in ("dim", "num_heads", "num_layers", "ffn_dim")}
-        detected["model_type"] = model_config.unet_config.get("model_type")
+        detected = {k: model_config.unet_config.get(k) for k in DETECTED + ("model_type",)}
+        detected["class"] = type(model_config).__name__
         return comfy_model, detected
 
     def meta_case(self, case: str, comfy_model, detected: dict, expected: dict, lora: dict, adapted: int) -> None:
@@ -530,7 +534,7 @@ class Checks:
         from motion_core.backbones.wan import WanVideoModel
 
         comfy_model, detected = self.comfy_meta(config)
-        expected = {**config, "model_type": "t2v"}
+        expected = expected_detection(config, image=False)
         with torch.device("meta"):
             transformers = [diffusers_wan(config) for _ in range(experts)]
         model = WanVideoModel(denoiser=transformers[0], vae=None, text_encoder=None, tokenizer=None,
@@ -561,7 +565,7 @@ class Checks:
         from motion_core.adapters.lora import LoraSet
 
         comfy_model, detected = self.comfy_meta(config, image=image)
-        expected = {**config, "model_type": "i2v" if image else "t2v"}
+        expected = expected_detection(config, image=image)
         with torch.device("meta"):
             transformer = diffusers_wan(config, image=image)
         modules = dict(transformer.named_modules())
@@ -571,6 +575,15 @@ class Checks:
         for fmt in FORMATS:
             self.meta_case(f"meta {label} every Linear {fmt}", comfy_model, detected, expected, export(lora_set, fmt),
                            len(weights))
+
+
+def expected_detection(config: dict, *, image: bool) -> dict:
+    """What ComfyUI's detection must find in the weights of ``config``: the sizes and its supported-model class."""
+    full = {**COMMON, **(I2V if image else {}), **config}
+    out = {k: full[k] for k in DETECTED}
+    out["model_type"] = full["model_type"]
+    out["class"] = "WAN21_I2V" if image else ("WAN22_T2V" if full["out_dim"] == 48 else "WAN21_T2V")
+    return out
 
 
 def torch_equal(a, b) -> bool:
@@ -598,8 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_steps:
         steps.append(("wan 2.1 trained", lambda: checks.wan21_trained(args.train_steps)))
     if not args.skip_meta:
-        steps += [(f"meta {k}", lambda k=k: checks.meta(k, REAL[k], 1)) for k in REAL]
+        steps += [(f"meta {k}", lambda k=k: checks.meta(k, REAL[k], 1)) for k in ("1.3B", "14B")]
         steps.append(("meta a14b", lambda: checks.meta("A14B", REAL["14B"], 2)))
+        steps.append(("meta 5B", lambda: checks.meta("5B", REAL["5B"], 1)))
         steps += [("meta 1.3B every Linear", lambda: checks.meta_every_linear("1.3B T2V", REAL["1.3B"], False)),
                   ("meta 14B I2V every Linear", lambda: checks.meta_every_linear("14B I2V", REAL["14B"], True))]
     for label, step in steps:

@@ -2,7 +2,8 @@
 
 ComfyUI's ``comfy/ldm/wan/model.py`` (``../shared/comfyui``) imports here (its LoRA code does not: it needs
 torchvision), so a child process builds ComfyUI's ``WanModel`` on the meta device for the tiny config the host
-check uses and for the real Wan 2.1 T2V 1.3B / 14B and I2V 14B configs, and reports its weight names and shapes.
+check uses and for the real Wan 2.1 T2V 1.3B / 14B, I2V 14B and Wan 2.2 TI2V 5B configs, and reports its weight
+names and shapes.
 Against them: every parameter of MotionKit's diffusers ``WanTransformer3DModel`` renamed by ``wan_keys`` is one
 of ComfyUI's weights with the same shape (one to one: the table covers the whole model, the norm2/norm3 swap
 included), and every key of an export in both formats names a ComfyUI weight of the LoRA's shape under ComfyUI's
@@ -35,6 +36,7 @@ CONFIGS = {
     "1.3B": dict(dim=1536, ffn_dim=8960, num_layers=30, num_heads=12),
     "14B": dict(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40),
     "14B-i2v": dict(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40, model_type="i2v", in_dim=36),
+    "5B": dict(dim=3072, ffn_dim=14336, num_layers=30, num_heads=24, in_dim=48, out_dim=48),
 }
 
 _CHILD = r"""
@@ -79,7 +81,7 @@ def motionkit_dit(name: str) -> nn.Module:
     with torch.device("meta"):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=config["num_heads"],
-            attention_head_dim=config["dim"] // config["num_heads"], in_channels=config["in_dim"], out_channels=16,
+            attention_head_dim=config["dim"] // config["num_heads"], in_channels=config["in_dim"], out_channels=config["out_dim"],
             text_dim=4096, freq_dim=256, ffn_dim=config["ffn_dim"], num_layers=config["num_layers"],
             cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280 if image else None,
             added_kv_proj_dim=config["dim"] if image else None)
@@ -136,7 +138,7 @@ def test_an_export_of_every_linear_names_comfyui_weights_of_its_shape(comfy_weig
     assert len(set(targets.values())) == len(linears)  # one ComfyUI weight per adapted layer
 
 
-@pytest.mark.parametrize("name, per_block", [("1.3B", 6), ("14B", 6)])
+@pytest.mark.parametrize("name, per_block", [("1.3B", 6), ("14B", 6), ("5B", 6)])
 def test_motiondirector_targets_on_the_real_configs_are_comfyui_weights(comfy_weights, name, per_block):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
