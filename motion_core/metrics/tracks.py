@@ -90,10 +90,9 @@ def _gray_uint8(frames: torch.Tensor) -> np.ndarray:
     x = frames.detach().to("cpu", torch.float32)
     if x.shape[-1] == 1:
         gray = x[..., 0]
-    else:
-        rgb = x[..., :3]
-        gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return (gray.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    else:  # ITU-R BT.601 luma, as OpenCV's RGB2GRAY, in one matrix product
+        gray = x[..., :3] @ torch.tensor([0.299 * 255, 0.587 * 255, 0.114 * 255])
+    return gray.clamp_(0, 255).round_().to(torch.uint8).numpy()
 
 
 def track_lucas_kanade(frames: torch.Tensor, *, max_points: int = 600, what: str = "video") -> Tracks:
