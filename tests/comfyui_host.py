@@ -649,6 +649,18 @@ def main(argv: list[str] | None = None) -> int:
             failures.extend(f"ComfyUI's LoRA code on MotionKit's Wan LoRA: {case}" for case in wan["failed"])
         except (WorkflowFailed, subprocess.TimeoutExpired) as exc:
             failures.append(str(exc))
+        try:  # MotionKit's SD1.5 motion-module files vs AnimateDiff-Evolved's own classes (tests/test_sd_files.py)
+            import sd_files_ade_check
+
+            ade = [p for p in args.packs if p.name == "ComfyUI-AnimateDiff-Evolved"]
+            if ade:
+                found = sd_files_ade_check.problems(sd_files_ade_check.run(
+                    sys.executable, root, ade[0], work / "sd_files_ade.json", env=host_environment()))
+                print(f"     AnimateDiff-Evolved's motion-module classes vs MotionKit's v2/v3 files: "
+                      f"{len(found)} problems", flush=True)
+                failures.extend(f"motion-module layout: {p}" for p in found)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            failures.append(str(exc))
         if args.frontend is not None:
             failures.extend(check_in_frontend(server, paths, args.frontend))
     finally:

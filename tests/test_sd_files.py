@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 COMFYUI = SHARED / "comfyui"
 ADE = SHARED / "comfyui_custom_nodes" / "ComfyUI-AnimateDiff-Evolved"
-HOST_PYTHON = Path("/work/hostvenv/bin/python")
+HOST_PYTHON = Path(os.environ.get("MOTIONKIT_HOST_PYTHON", "/work/hostvenv/bin/python"))
 
 
 @pytest.fixture(scope="module")
@@ -271,22 +271,18 @@ def test_real_sd15_key_sets_map_both_ways(comfy_report):
     assert {k[len("first_stage_model."):]: v for k, v in written.items() if k.startswith("first_stage_")} == report["full_vae"]
 
 
-def _ade_report(tmp_path, widths, pe):
-    out = tmp_path / "ade.json"
-    done = subprocess.run([str(HOST_PYTHON), str(REPO / "tests" / "sd_files_ade_check.py"), str(COMFYUI), str(ADE),
-                           str(out)], input=json.dumps({"widths": widths, "pe": pe}), capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
 @pytest.mark.skipif(not HOST_PYTHON.is_file() or not ADE.is_dir(),
-                    reason="needs the host venv (/work/hostvenv) and AnimateDiff-Evolved; CI runs it in tests/comfyui_host.py")
+                    reason="needs the host venv (/work/hostvenv or $MOTIONKIT_HOST_PYTHON) and AnimateDiff-Evolved; "
+                           "CI runs the same check in tests/comfyui_host.py")
 def test_motion_module_names_are_animatediff_evolveds(tmp_path):
     from diffusers import MotionAdapter
     from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-    report = _ade_report(tmp_path, [32, 64], 32)
+    sys.path.insert(0, str(REPO / "tests"))
+    import sd_files_ade_check
+
+    report = sd_files_ade_check.run(HOST_PYTHON, COMFYUI, ADE, tmp_path / "ade.json")
+    assert sd_files_ade_check.problems(report) == []
     assert (report["full_v2_version"], report["full_v3_version"]) == ("v2", "v3")
     for version in ("v2", "v3"):
         with torch.device("meta"):
