@@ -264,7 +264,10 @@ class WeightsKind:
                 "unknown": "model file"}.get(self.role, self.role)
         if self.family == "animatediff" and self.variant:  # "an AnimateDiff v2 motion module"
             return f"an AnimateDiff {self.variant} {what}"
-        return f"a {self.variant or self.family} {what}"
+        name = self.variant or self.family
+        if f" {what.lower()}" in f" {name.lower()}" or name.lower().startswith(("a ", "an ")):  # "a CLIP text encoder"
+            return name if name.lower().startswith(("a ", "an ")) else f"a {name}"
+        return f"a {name} {what}"
 
 
 def _prefix_of(header: WeightsHeader, probe: str) -> str | None:
