@@ -56,15 +56,20 @@ TINY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "zeroscope_v2_576w": ("unet3d", {}),
     "Wan2.1-T2V-1.3B-Diffusers": ("wan", {"variant": "2.1"}),
 }
-#: full-size stand-ins (random weights) where another pack's loader accepts only the real architecture:
-#: AnimateDiff-Evolved's motion-module loader fixes SD1.5's widths (HOST.md), so the AnimateDiff-Evolved
-#: workflows get an SD1.5 (UNet, VAE, CLIP-L) + AnimateDiff v3 motion module at their real sizes.
-FULL_SD15 = "stable-diffusion-v1-5"
-FULL_MOTION_ADAPTER = "animatediff-motion-adapter-v1-5-3"
+#: ComfyUI's own model files the shipped workflows name -> (models subfolder, family, what builds it). The Wan
+#: files are tiny (ComfyUI's loaders derive Wan's sizes from the weights). The SD1.5 checkpoint, v3 motion module
+#: and SparseCtrl are random weights at SD1.5's real sizes: AnimateDiff-Evolved's motion-module loader and
+#: CheckpointLoaderSimple accept only the real architecture (HOST.md), and MotionKit reads the same files.
+COMFY_FILES: dict[str, tuple[str, str, str]] = {
+    "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", "wan", "wan"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "wan", "wan-fp8-scaled"),
+    "wan_2.1_vae.safetensors": ("vae", "wan", "wan"),
+    "v1-5-pruned-emaonly.safetensors": ("checkpoints", "animatediff", "sd15-full"),
+    "v3_sd15_mm.ckpt": ("animatediff_models", "animatediff", "sd15-full"),
+    "v3_sd15_sparsectrl_rgb.ckpt": ("controlnet", "animatediff", "sd15-full"),
+}
+FULL_SD15 = "v1-5-pruned-emaonly.safetensors"
 FULL_AD_MOTION_MODULE = "v3_sd15_mm.ckpt"
-TINY_MODELS[FULL_SD15] = ("animatediff", {"full_size": True})
-#: SparseCtrl folder names the workflows use -> kind (built for the full-size SD1.5)
-TINY_SPARSECTRL = {"animatediff-sparsectrl-rgb": "rgb", "animatediff-sparsectrl-scribble": "scribble"}
 
 #: per model family: (width = height, frames) the workflows are lowered to
 SMALL = {"unet3d": (32, 8), "animatediff": (64, 8), "wan": (32, 5)}
@@ -214,128 +219,71 @@ def missing_nodes(object_info: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ models and inputs
 def provide_models(root: Path, workflows: list[dict], work: Path) -> list[str]:
-    """Tiny models under every model name the workflows' MotionKit loaders use; returns the names."""
+    """Tiny models under every model name the workflows use (diffusers folders in models/diffusers, ComfyUI
+    files in their folders); returns the names."""
     from motion_core.tiny import build_tiny_model
 
     built: dict[tuple, Path] = {}
+    comfy: dict[str, dict[str, Path]] = {}
 
     def tiny(family: str, options: dict) -> Path:
-        if options.get("full_size"):
-            return build_full_size_animatediff(root)
         key = (family, tuple(sorted(options.items())))
         if key not in built:
             built[key] = build_tiny_model(family, work / "tiny" / "-".join(map(str, key[0:1] + key[1])), seed=0,
                                           **options)
         return built[key]
 
+    def comfy_file(name: str) -> None:
+        folder, _, maker = COMFY_FILES[name]
+        target = root / "models" / folder / name
+        if target.exists():
+            return
+        if maker not in comfy:
+            comfy[maker] = make_comfy_files(maker, root, work)
+        role = {"diffusion_models": "diffusion_model", "text_encoders": "text_encoder", "vae": "vae"}.get(folder)
+        source = comfy[maker].get(role) if role else None
+        if source is not None and source != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source)
+        if not target.exists():
+            raise SystemExit(f"could not provide {folder}/{name} (built: {comfy[maker]})")
+
     names = []
     for wf in workflows:
         for node in wf["nodes"]:
             values = node.get("widgets_values") or []
-            if node["type"] == "MotionKitLoadVideoModel" and values:
+            for value in values:
+                if isinstance(value, str) and value in COMFY_FILES:
+                    comfy_file(value)
+                    names.append(value)
+            if node["type"] == "MotionKitLoadVideoModel" and values and values[0] not in COMFY_FILES:
                 name = values[0]
                 if name not in TINY_MODELS:
-                    raise SystemExit(f"workflow model '{name}' has no tiny stand-in: add it to TINY_MODELS")
+                    raise SystemExit(f"workflow model '{name}' has no tiny stand-in: add it to TINY_MODELS or "
+                                     f"COMFY_FILES")
                 target = root / "models" / "diffusers" / name
                 folder = tiny(*TINY_MODELS[name])
                 if not target.exists():
                     target.symlink_to(folder, target_is_directory=True)
                 names.append(name)
-            if node["type"] == "MotionKitLoadSparseCtrl" and values and values[0] in TINY_SPARSECTRL:
-                target = root / "models" / "controlnet" / values[0]
-                if not target.exists():
-                    build_full_size_sparsectrl(target, build_full_size_animatediff(root), TINY_SPARSECTRL[values[0]])
-                names.append(values[0])
     return sorted(set(names))
 
 
-def _ad_motion_module_from_diffusers(adapter_state: dict) -> dict:
-    """A diffusers ``MotionAdapter`` state dict in the original AnimateDiff layout (what AnimateDiff-Evolved
-    loads from ``models/animatediff_models``): the inverse of diffusers' own
-    ``convert_animatediff_checkpoint_to_diffusers``, which the caller checks by converting back."""
-    import re
+def make_comfy_files(maker: str, root: Path, work: Path) -> dict[str, Path]:
+    """Build one set of ComfyUI-layout files: ``wan`` (tiny Wan 2.1: diffusion model, umt5, VAE), ``wan-fp8-scaled``
+    (the same with the umt5 in ComfyUI's scaled-fp8 form) or ``sd15-full`` (written straight into models/)."""
+    from motion_core.tiny import write_full_size_sd15_files
+    from motion_core.tiny_wan import save_comfy_wan_files
 
-    out = {}
-    for key, value in adapter_state.items():
-        name = re.sub(r"\.motion_modules\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", key)
-        if name.endswith(".pos_embed.pe"):  # one sinusoidal table per attention block in the original
-            stem = name[: -len("pos_embed.pe")]
-            out[stem + "attention_blocks.0.pos_encoder.pe"] = value
-            out[stem + "attention_blocks.1.pos_encoder.pe"] = value.clone()
-            continue
-        for new, old in ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
-                         (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2")):
-            name = name.replace(old, new)
-        out[name] = value
-    return out
-
-
-def build_full_size_animatediff(root: Path) -> Path:
-    """Random-weight SD1.5 (UNet, VAE, CLIP-L: their real configs) as a diffusers folder in models/diffusers,
-    an AnimateDiff v3 MotionAdapter folder beside it, and the same motion module in the original layout in
-    models/animatediff_models (fp16 files). Built once; returns the SD1.5 folder."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from motion_core.tiny import write_tiny_clip_tokenizer
-
-    sd = root / "models" / "diffusers" / FULL_SD15
-    adapter_dir = root / "models" / "diffusers" / FULL_MOTION_ADAPTER
-    mm_file = root / "models" / "animatediff_models" / FULL_AD_MOTION_MODULE
-    if (sd / "model_index.json").is_file() and mm_file.is_file():
-        return sd
-    torch.manual_seed(0)
-    # SD1.5's UNet: diffusers' defaults (320/640/1280/1280, 2 layers per block, head dim 8) but context 768
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        sample_size=512)
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, max_position_embeddings=77,
-                                                vocab_size=49408, projection_dim=768, hidden_act="quick_gelu"))
-    adapter = MotionAdapter(use_motion_mid_block=False)  # v3: no mid-block motion module
-    with torch.no_grad():  # the zero-initialised output projections would make the motion modules no-ops
-        for p in adapter.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    for name, module in (("unet", unet), ("vae", vae)):
-        module.to(torch.float16).save_pretrained(sd / name, safe_serialization=True)
-    text_encoder.to(torch.float16).save_pretrained(sd / "text_encoder", safe_serialization=True)
-    write_tiny_clip_tokenizer(sd / "tokenizer")
-    DDIMScheduler(beta_schedule="linear", clip_sample=False, steps_offset=1).save_pretrained(sd / "scheduler")
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.35.0",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False},
-        indent=2), encoding="utf-8")
-    adapter = adapter.to(torch.float16)
-    adapter.save_pretrained(adapter_dir, safe_serialization=True)
-    original = _ad_motion_module_from_diffusers(adapter.state_dict())
-    back = convert_animatediff_checkpoint_to_diffusers(original)
-    expected = {k for k in adapter.state_dict() if not k.endswith("pos_embed.pe")}
-    if set(back) != expected:
-        raise SystemExit(f"motion module layout conversion is not diffusers' inverse: {sorted(set(back) ^ expected)[:5]}")
-    mm_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.contiguous() for k, v in original.items()}, mm_file)  # a plain tensor dict: weights_only
-    return sd
-
-
-def build_full_size_sparsectrl(folder: Path, sd15: Path, kind: str) -> Path:
-    """A random-weight SparseCtrl (``kind`` rgb or scribble) at the real sizes for the SD1.5 UNet in ``sd15``."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from motion_core.tiny import tiny_sparsectrl
-
-    unet = SimpleNamespace(**json.loads((sd15 / "unet" / "config.json").read_text(encoding="utf-8")))
-    controlnet = tiny_sparsectrl(unet, 8, kind, seed=0, motion_num_attention_heads=8,
-                                 conditioning_embedding_out_channels=(16, 32, 96, 256))
-    controlnet.to(torch.float16).save_pretrained(folder, safe_serialization=True)
-    return folder
+    if maker == "wan":
+        return save_comfy_wan_files(work / "tiny" / "comfy-wan", seed=0)
+    if maker == "wan-fp8-scaled":
+        return save_comfy_wan_files(work / "tiny" / "comfy-wan-fp8", seed=0, fp8="scaled")
+    if maker == "sd15-full":
+        return write_full_size_sd15_files(root / "models", seed=0, checkpoint=FULL_SD15,
+                                          motion_module=FULL_AD_MOTION_MODULE,
+                                          sparsectrl={"rgb": "v3_sd15_sparsectrl_rgb.ckpt"})
+    raise SystemExit(f"unknown ComfyUI file set {maker!r}")
 
 
 def provide_inputs(input_dir: Path, prompt: dict, families: dict[str, str]) -> None:
@@ -368,7 +316,8 @@ def model_families(prompt: dict) -> dict[str, str]:
             return cache[nid]
         node = prompt[nid]
         if node["class_type"] == "MotionKitLoadVideoModel":
-            found = TINY_MODELS.get(node["inputs"].get("model"), ("unet3d", {}))[0]
+            name = node["inputs"].get("model")
+            found = COMFY_FILES[name][1] if name in COMFY_FILES else TINY_MODELS.get(name, ("unet3d", {}))[0]
         else:
             found = None
             for value in node["inputs"].values():

@@ -21,7 +21,7 @@ from executor import (
     validate_prompt,
 )
 from motion_core.errors import InputError, VideoError
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASS_MAPPINGS, model_files
 from workflow_layout import overlaps, relayout
 from workflow_convert import UPLOAD_FLAGS, WorkflowError, map_widgets_values, ui_to_api, widget_plan
 
@@ -141,7 +141,17 @@ def provide_files_named_by(prompt: dict, dirs) -> None:
         cls = ALL_CLASSES[node["class_type"]]
         inputs = node["inputs"]
         if node["class_type"] == "MotionKitLoadVideoModel":
-            for key in ("model", "motion_adapter"):
+            for key in ("model", "motion_adapter", "text_encoder", "vae", "low_noise_model"):
+                value = inputs.get(key)
+                if isinstance(value, str) and model_files.is_file_name(value):  # a ComfyUI model file
+                    folder = {"model": "checkpoints" if not value.startswith("wan") else "diffusion_models",
+                              "motion_adapter": "animatediff_models", "text_encoder": "text_encoders", "vae": "vae",
+                              "low_noise_model": "diffusion_models"}[key]
+                    (dirs.models / folder).mkdir(parents=True, exist_ok=True)
+                    (dirs.models / folder / value).write_bytes(b"")  # unreadable: listed, the loader would explain
+                    continue
+                if key in ("text_encoder", "vae", "low_noise_model"):
+                    continue
                 if inputs.get(key) not in (None, "none", "(hub id below)") and not isinstance(inputs[key], list):
                     folder = dirs.diffusers / inputs[key]
                     folder.mkdir(parents=True, exist_ok=True)
@@ -153,6 +163,10 @@ def provide_files_named_by(prompt: dict, dirs) -> None:
             dirs.motion_adapters.mkdir(parents=True, exist_ok=True)
             (dirs.motion_adapters / inputs["adapter_name"]).write_bytes(b"")
         if node["class_type"] == "MotionKitLoadSparseCtrl" and isinstance(inputs.get("sparsectrl"), str) \
+                and model_files.is_file_name(inputs["sparsectrl"]):
+            (dirs.models / "controlnet").mkdir(parents=True, exist_ok=True)
+            (dirs.models / "controlnet" / inputs["sparsectrl"]).write_bytes(b"")
+        elif node["class_type"] == "MotionKitLoadSparseCtrl" and isinstance(inputs.get("sparsectrl"), str) \
                 and inputs["sparsectrl"] != "(hub id below)":
             folder = dirs.models / "controlnet" / inputs["sparsectrl"]
             folder.mkdir(parents=True, exist_ok=True)
@@ -415,21 +429,26 @@ def test_stand_ins_check_their_inputs(dirs):
 
 # ------------------------------------------------------------------------------------------ Wan MotionDirector
 def test_wan_motiondirector_workflow_runs_end_to_end(dirs, tmp_path):
-    """workflows/wan_motiondirector.json on a tiny Wan 2.1: only the model, the clip, sizes and step counts
-    change. Trains, applies the motion LoRA with the flow noise prior, samples, and exports the LoRA in
-    ComfyUI's native Wan format into models/loras."""
+    """workflows/wan_motiondirector.json on a tiny Wan 2.1 written as ComfyUI's three files, under the file names
+    the workflow uses (the umt5 in the scaled-fp8 form): only the clip, sizes, dtype and step counts change.
+    Trains, applies the motion LoRA with the flow noise prior, samples, and exports the LoRA in ComfyUI's native
+    Wan format into models/loras."""
     from safetensors.torch import load_file
 
-    from motion_core.tiny_wan import build_tiny_wan
+    from motion_core.tiny_wan import save_comfy_wan_files
     from motion_core.video import write_moving_square_video
 
-    dirs.link_model("tiny_wan", build_tiny_wan(tmp_path / "tiny_wan", seed=0, variant="2.1"))
-    write_moving_square_video(dirs.input / "car-turn.mp4", num_frames=5, fps=16, width=32, height=32, square=8,
-                              velocity=(3, 0), start=(2, 12))
     wf = load_workflow("wan_motiondirector.json")
     (loader,) = nodes_of(wf, "MotionKitLoadVideoModel")
     assert loader["widgets_values"][2] == "wan"
-    loader["widgets_values"][0] = "tiny_wan"
+    files = save_comfy_wan_files(tmp_path / "comfy_wan", seed=0)
+    files["text_encoder"] = save_comfy_wan_files(tmp_path / "comfy_wan_fp8", seed=0, fp8="scaled")["text_encoder"]
+    for role, index, folder in (("diffusion_model", 0, "diffusion_models"), ("text_encoder", 6, "text_encoders"),
+                                ("vae", 7, "vae")):
+        (dirs.models / folder).mkdir(parents=True, exist_ok=True)
+        (dirs.models / folder / loader["widgets_values"][index]).symlink_to(files[role])
+    write_moving_square_video(dirs.input / "car-turn.mp4", num_frames=5, fps=16, width=32, height=32, square=8,
+                              velocity=(3, 0), start=(2, 12))
     loader["widgets_values"][3] = "fp32"
     nodes_of(wf, "MotionKitLoadReferenceVideo")[0]["widgets_values"][1:5] = [5, 16.0, 32, 32]
     (trainer,) = nodes_of(wf, "MotionKitTrainMotionDirector")
