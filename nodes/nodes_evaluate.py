@@ -213,12 +213,14 @@ class MotionKitCompareMotion:
         }
 
     def compare(self, reference, labels="", tracker="lucas_kanade", length_mismatch="resample", prompt="", clip=None,
-                max_points=600, cotracker_checkpoint=NO_COTRACKER, grid_size=55, **generated):
+                max_points=600, cotracker_checkpoint=NO_COTRACKER, grid_size=55, generated_1=None, generated_2=None,
+                generated_3=None, generated_4=None, generated_5=None, generated_6=None):
         from motion_core.metrics.render import ranking, render_comparison
         from motion_core.video import from_comfy_image
 
         names = [line.strip() for line in str(labels).splitlines()]
-        videos = [(i, generated.get(f"generated_{i}")) for i in range(1, COMPARED + 1)]
+        given = (generated_1, generated_2, generated_3, generated_4, generated_5, generated_6)
+        videos = list(enumerate(given[:COMPARED], start=1))
         videos = [(i, v) for i, v in videos if v is not None]
         if not videos:
             raise InputError("Compare Motion has no generation to compare: connect videos to generated_1, "
@@ -240,7 +242,7 @@ NODE_CLASS_MAPPINGS = {
     "MotionKitCompareMotion": MotionKitCompareMotion,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "MotionKitLoadCLIPScorer": "Load CLIP Scorer",
-    "MotionKitEvaluateMotion": "Evaluate Motion",
-    "MotionKitCompareMotion": "Compare Motion",
+    "MotionKitLoadCLIPScorer": "Load CLIP Scorer (MotionKit)",
+    "MotionKitEvaluateMotion": "Evaluate Motion (MotionKit)",
+    "MotionKitCompareMotion": "Compare Motion (MotionKit)",
 }

@@ -34,7 +34,7 @@ def dirs(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ node menu
 def test_categories_use_one_casing_and_the_papers_names():
     methods = {"MotionDirector", "Motion Inversion", "Customizing Motion", "MotionMatcher", "MotionClone"}
-    allowed = {"Loaders", "Sampling", "Adapters"} | methods
+    allowed = {"Loaders", "Sampling", "Adapters", "Evaluation"} | methods
     used = {cls.CATEGORY for cls in NODE_CLASS_MAPPINGS.values()}
     assert {c.split("/", 1)[1] for c in used} <= allowed, used
     assert all(c.split("/")[1][0].isupper() for c in used)
@@ -329,7 +329,11 @@ NODES_WITH_A_REFERENCE_VIDEO = {
 def test_every_reference_video_input_has_a_core_video_alternative_last(name):
     spec = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()
     optional = spec["optional"]
-    assert list(optional)[-1] == "core_video" and optional["core_video"][0] == "VIDEO"
+    # last of the inputs of its time; only inputs added later follow it (new inputs go at the end: the Train
+    # nodes' checkpoint scoring)
+    names = list(optional)
+    assert optional["core_video"][0] == "VIDEO"
+    assert names[names.index("core_video") + 1:] in ([], ["score_checkpoints", "keep_best", "clip"])
     image = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["optional"][NODES_WITH_A_REFERENCE_VIDEO[name]]
     assert image[0] == "IMAGE"  # optional, so that the VIDEO alone is a complete input
 
