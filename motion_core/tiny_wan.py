@@ -440,7 +440,6 @@ def save_comfy_wan_files(folder: str | os.PathLike, seed: int = 0, *, variant: s
 
     Widths follow what ComfyUI derives from files: transformer 256 wide (heads = width // 128 = 2), time
     embedding 256; umt5 with 32 position buckets; VAEs of the real layout at base width 8."""
-    from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: F401
     from safetensors.torch import save_file
 
     if variant not in COMFY_WAN_VARIANTS:

@@ -51,6 +51,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from . import single_file
+from .base import VideoModel
 from .single_file import WeightsHeader, WeightsKind
 
 logger = logging.getLogger(__name__)
@@ -404,10 +405,8 @@ def _check_pair(request: Any) -> Path | None:
     return low
 
 
-def load_wan_files(request: Any) -> "WanVideoModel":  # noqa: F821 - imported below
+def load_wan_files(request: Any) -> VideoModel:
     """The single-file loader of the ``wan`` family (``loading.SingleFileRequest`` -> :class:`WanVideoModel`)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: F401 - diffusers import errors surface here
-
     from .loading import _scheduler_class
     from .wan import WanVideoModel
 
