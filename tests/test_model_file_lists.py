@@ -54,6 +54,7 @@ def wan_vae(z: int = 16, rgb: int = 3) -> dict[str, tuple[int, ...]]:
 
 SD15 = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
         "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (8, 768),
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (8, 8, 1, 1),  # SD1.x: 1x1 convolutions
         "first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3),
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (16, 8)}
 SDXL = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
@@ -164,3 +165,16 @@ def test_a_file_of_another_family_is_named_in_the_error(comfy_models):
         load_video_model(m / "text_encoders" / "umt5_xxl_fp16.safetensors", device="cpu")
     with pytest.raises(ModelLoadError, match="truncated or damaged|damaged or incomplete"):
         load_video_model(m / "checkpoints" / "broken.ckpt", device="cpu")
+
+
+def test_a_sparsectrl_file_with_diffusers_controlnet_names_is_sparsectrl(tmp_path):
+    """SparseCtrl files keep diffusers' ControlNet names (down_blocks.N.attentions.M.transformer_blocks...) beside
+    AnimateDiff's motion modules: that must not read as a diffusers-layout DiT."""
+    from motion_core.tiny import write_tiny_sparsectrl_file
+
+    for kind in ("rgb", "scribble"):
+        found = identify(write_tiny_sparsectrl_file(tmp_path / f"sparsectrl_{kind}.ckpt", kind))
+        assert (found.family, found.role) == ("animatediff", "controlnet"), found
+    cog = _save(tmp_path / "cogvideox.safetensors", {"patch_embed.proj.weight": (8, 16, 2, 2),
+                                                     "transformer_blocks.0.attn1.to_q.weight": (8, 8)})
+    assert identify(cog).family == "cogvideox"

@@ -336,7 +336,8 @@ def identify(path_or_header: str | os.PathLike | WeightsHeader) -> WeightsKind:
         return WeightsKind("ltx", "diffusion_model", "LTX-Video")
     if _any(header, "joint_blocks.0.") :
         return WeightsKind("sd3", "diffusion_model", "Stable Diffusion 3")
-    if _any(header, "transformer_blocks.0.attn1.to_q") and _any(header, "time_embedding.linear_1"):
+    # (anchored at the root: diffusers-named UNet/ControlNet files have transformer_blocks deeper down)
+    if header.has("transformer_blocks.0.attn1.to_q.weight") and header.has("patch_embed.proj.weight"):
         return WeightsKind("cogvideox", "diffusion_model", "CogVideoX (diffusers layout)")
 
     # --- AnimateDiff motion modules and SparseCtrl (original AnimateDiff layout)
