@@ -53,3 +53,54 @@ def test_help_explains_every_option(capsys):
         assert option in text
     for action in parser._subparsers._group_actions[0].choices["sample"]._actions:
         assert action.help, f"{action.option_strings} has no help text"
+
+
+def _comfy_models_tree(root, files: dict) -> dict:
+    """Place files as they sit in ComfyUI/models: {role: path} -> {role: path in the tree}."""
+    folders = {"diffusion_model": "diffusion_models", "low_noise_model": "diffusion_models",
+               "text_encoder": "text_encoders", "vae": "vae", "checkpoint": "checkpoints",
+               "motion_module": "animatediff_models"}
+    placed = {}
+    for role, path in files.items():
+        target = root / "models" / folders[role] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
+        placed[role] = target
+    return placed
+
+
+def test_sample_from_comfyui_wan_files_finds_the_umt5_and_vae_beside_them(tmp_path, capsys):
+    """--model names only the diffusion model file; --text-encoder / --vae 'auto' find the fitting files in
+    models/text_encoders and models/vae, as a ComfyUI user keeps them (the umt5 in the scaled-fp8 form)."""
+    from motion_core.tiny_wan import save_comfy_wan_files
+
+    files = save_comfy_wan_files(tmp_path / "built", seed=0)
+    files["text_encoder"] = save_comfy_wan_files(tmp_path / "built_fp8", seed=0, fp8="scaled")["text_encoder"]
+    placed = _comfy_models_tree(tmp_path, files)
+    out = tmp_path / "wan.mp4"
+    assert main(["sample", "--model", str(placed["diffusion_model"]), "--steps", "1", "--frames", "5",
+                 "--width", "32", "--height", "32", "--dtype", "fp32", "--out", str(out)]) == 0
+    assert "SMOKE TEST" not in capsys.readouterr().err
+    assert load_video(out).frames.shape == (5, 32, 32, 3)
+    # the same files named explicitly; a VAE of the wrong family is named in the error
+    assert main(["sample", "--model", str(placed["diffusion_model"]), "--text-encoder", str(placed["text_encoder"]),
+                 "--vae", str(placed["diffusion_model"]), "--steps", "1", "--out", str(tmp_path / "x.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and placed["diffusion_model"].name in err and "Traceback" not in err
+
+
+def test_sample_from_an_sd15_checkpoint_and_a_motion_module_file(tmp_path, capsys):
+    """AnimateDiff from ComfyUI's files: --model the SD1.5 checkpoint, --motion-adapter the motion module file,
+    --tokenizer the CLIP tokenizer folder (an SD1.5 checkpoint carries none; outside ComfyUI it must be given)."""
+    from motion_core.tiny import write_tiny_sd15_files
+
+    files = write_tiny_sd15_files(tmp_path / "built", seed=0, version="v3", suffix=".ckpt")
+    placed = _comfy_models_tree(tmp_path, {"checkpoint": files.checkpoint, "motion_module": files.motion_module})
+    out = tmp_path / "ad.mp4"
+    assert main(["sample", "--model", str(placed["checkpoint"]), "--motion-adapter", str(placed["motion_module"]),
+                 "--tokenizer", str(files.tokenizer), "--steps", "1", "--frames", "4", "--width", "32",
+                 "--height", "32", "--out", str(out)]) == 0
+    assert load_video(out).frames.shape == (4, 32, 32, 3)
+    capsys.readouterr()
+    assert main(["sample", "--model", str(placed["checkpoint"]), "--steps", "1", "--out", str(tmp_path / "y.mp4")]) == 1
+    assert "motion" in capsys.readouterr().err  # an image model needs a motion module: said, not a traceback
