@@ -74,6 +74,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="weights dtype; auto = fp16 on CUDA, fp32 on CPU (default: auto)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ... (default: auto)")
+    g.add_argument("--attention", default="native", choices=["native", "auto", "xformers", "flash", "sage"],
+                   help="attention backend of the denoiser and MotionKit's attention layers: native = PyTorch SDPA; "
+                   "xformers / flash (flash-attn) / sage (SageAttention, sampling only) when installed, CUDA only; "
+                   "auto = the best one available (default: native)")
 
 
 def at_least(action: argparse.Action, minimum: float, *, exclusive: bool = False) -> argparse.Action:
@@ -133,12 +137,22 @@ def load_model_from_args(args: argparse.Namespace):
             if getattr(args, key, "absent") is None:
                 setattr(args, key, value)
         model = load_video_model(source, family=family, dtype=args.dtype, device=args.device)
+        _attention_from_args(model, args)
         fit_smoke_frames(model, args)
         return model, True
     model = load_video_model(args.model, family=args.family, dtype=args.dtype, device=args.device,
                              motion_adapter=args.motion_adapter, text_encoder=args.text_encoder, vae=args.vae,
                              low_noise_model=args.low_noise_model, tokenizer=args.tokenizer)
+    _attention_from_args(model, args)
     return model, smoke
+
+
+def _attention_from_args(model: Any, args: argparse.Namespace) -> None:
+    choice = getattr(args, "attention", None)
+    if choice not in (None, "native"):
+        from .attention.backends import apply_attention_backend
+
+        apply_attention_backend(model, choice, training=getattr(args, "command", None) == "train")
 
 
 def print_progress(prefix: str) -> Callable[[int, int, dict], None]:

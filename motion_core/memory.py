@@ -190,6 +190,7 @@ def estimate_training_memory(
     device: torch.device | str | None = None,
     log: bool = True,
     prompt_embeds: torch.Tensor | None = None,
+    released: Iterable[str] = (),
 ) -> MemoryEstimate:
     """Estimate the device memory of a training run on ``model`` (any family) -- see the module docstring.
 
@@ -198,6 +199,7 @@ def estimate_training_memory(
     caching the prompt embeddings, e.g. Wan; yes otherwise). ``activation_bytes`` overrides the activation
     estimate. With ``log`` the summary is logged at INFO level (and returned in ``describe()``).
     ``prompt_embeds``: already encoded embeddings for the measured probe (else it encodes ``""``).
+    ``released``: components that leave the device while training (the trainer's idle encoders).
     """
     if optimizer not in _OPTIMIZER_STATE_BYTES:
         raise InputError(f"unknown optimizer {optimizer!r} for the memory estimate; use one of "
@@ -207,8 +209,11 @@ def estimate_training_memory(
         text_encoder_resident = not hasattr(model, "release_text_encoder")
     weights = 0
     per_component: dict[str, int] = {}
+    released = set(released)
+    if not text_encoder_resident:
+        released.add("text_encoder")
     for name, child in _components(model).items():
-        if name == "text_encoder" and not text_encoder_resident:
+        if name in released:
             continue
         size = module_bytes(child)
         if name.startswith("denoiser") and getattr(model, "offload_idle_experts", False) and name != "denoiser":
@@ -216,7 +221,7 @@ def estimate_training_memory(
         per_component[name] = size
         weights += size
     resident = sum(module_bytes(child, target) for name, child in _components(model).items()
-                   if text_encoder_resident or name != "text_encoder")
+                   if name not in released)
     n_trainable = _count(trainable_params)
     elem = torch.finfo(trainable_dtype).bits // 8
     trainable = n_trainable * elem
@@ -312,3 +317,173 @@ def check_training_memory(estimate: MemoryEstimate, *, available: int | None = N
         logger.warning("%s (MOTIONKIT_SKIP_MEMORY_CHECK is set: going on anyway)", message)
         return
     raise InsufficientMemoryError(message)
+
+
+# ============================================================================================ checkpointing plan
+CHECKPOINTING_MODES = ("auto", "on", "off")
+
+
+def checkpointing_mode(value: Any) -> str:
+    """``"auto"`` / ``"on"`` / ``"off"`` from a setting (``True`` = on, ``False`` = off, for older callers)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    text = {"true": "on", "false": "off", "all": "on", "none": "off", "1": "on", "0": "off"}.get(text, text)
+    if text not in CHECKPOINTING_MODES:
+        raise InputError(f"gradient_checkpointing must be auto, on or off, not {value!r}.")
+    return text
+
+
+@dataclass
+class UnitActivations:
+    """One checkpointing unit: the bytes its forward keeps for backward (``saved``) and the bytes its inputs
+    take (what a checkpoint of it keeps instead), both at the run's latent size."""
+
+    name: str
+    saved: int
+    inputs: int
+
+
+@dataclass
+class CheckpointPlan:
+    """Which units of the denoiser recompute their forward in backward (``units``: names; every unit when
+    ``mode == "on"``, none when ``"off"``) and the activation bytes that leaves (``activations``)."""
+
+    requested: str
+    mode: str  # "on" | "off" | "partial"
+    units: list[str]
+    total_units: int
+    activations: int
+    activations_off: int
+    activations_on: int
+    budget: int | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        what = {"on": f"every unit ({self.total_units})", "off": "none",
+                "partial": f"{len(self.units)} of {self.total_units} units (largest activations first)"}[self.mode]
+        budget = f", budget for activations {format_bytes(self.budget)}" if self.budget is not None else ""
+        return (f"gradient checkpointing {self.requested} -> {what}: activations {format_bytes(self.activations)} "
+                f"(none checkpointed {format_bytes(self.activations_off)}, all {format_bytes(self.activations_on)}"
+                f"{budget}){'; ' + self.reason if self.reason else ''}")
+
+
+def unit_activations(model: Any, num_frames: int, height: int, width: int,
+                     prompt_embeds: torch.Tensor | None = None, batch: int = 1) -> tuple[list[UnitActivations], int]:
+    """Per checkpointing unit (:func:`motion_core.training.checkpoint_units`) of the denoiser(s): saved and
+    input bytes of one forward, measured on the small probe clip of :func:`_measured_activation_bytes` and
+    scaled linearly to the run's latent size; plus the bytes saved outside every unit. Families with their own
+    activation formula (``VideoModel.activation_bytes``: Wan) split it evenly over their blocks."""
+    from .adapters.lora import denoiser_modules
+    from .training import checkpoint_units
+
+    prefixed = []
+    for prefix, module in denoiser_modules(model):
+        for name, unit in checkpoint_units(module):
+            prefixed.append((f"{prefix}.{name}" if prefix else name, unit))
+    if hasattr(model, "activation_bytes"):
+        full = int(model.activation_bytes(batch, num_frames, height, width, gradient_checkpointing=False))
+        ckpt = int(model.activation_bytes(batch, num_frames, height, width, gradient_checkpointing=True))
+        experts = max(1, len(denoiser_modules(model)))
+        per_expert = [n for n, _ in prefixed]
+        n = max(1, len(per_expert) // experts)  # one expert runs per step
+        saving = max(0, full - ckpt) // n
+        inputs = max(0, ckpt) // (n + 1)
+        units = [UnitActivations(name, saving + inputs, inputs) for name in per_expert]
+        return units, max(0, full - n * (saving + inputs))
+    probe_frames = model.frame_limits.minimum
+    step = model.frame_limits.step
+    while probe_frames < min(num_frames, 1 + 2 * step):
+        probe_frames += step
+    side = model.size_multiple * 2
+    probe_shape = model.latent_shape(1, probe_frames, side, side)
+    full_shape = model.latent_shape(batch, num_frames, height, width)
+    scale = torch.Size(full_shape).numel() / torch.Size(probe_shape).numel()
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    weight = next(model.denoiser.parameters())
+    latents = torch.randn(probe_shape, device=weight.device, dtype=weight.dtype, requires_grad=True)
+    embeds = prompt_embeds[:1] if prompt_embeds is not None else model.encode_prompt([""])
+    stack: list[str] = []
+    saved: dict[str, dict[int, int]] = {}
+    inputs: dict[str, int] = {}
+    names = {id(unit): name for name, unit in prefixed}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr not in param_ptrs:
+                bucket = saved.setdefault(stack[-1] if stack else "", {})
+                bucket[ptr] = max(bucket.get(ptr, 0), tensor.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # pragma: no cover
+            pass
+        return tensor
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name = names[id(module)]
+        stack.append(name)
+        size = sum(t.numel() * t.element_size() for t in list(args) + list(kwargs.values()) if torch.is_tensor(t))
+        inputs[name] = max(inputs.get(name, 0), size)
+
+    def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        stack.pop()
+
+    handles = []
+    try:
+        for _, unit in prefixed:
+            handles.append(unit.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(unit.register_forward_hook(post, with_kwargs=True))
+        with autograd("the activation-memory probe"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model.predict(latents, torch.tensor([500]), embeds)
+        del out
+    finally:
+        for h in handles:
+            h.remove()
+    units = [UnitActivations(name, int(sum(saved.get(name, {}).values()) * scale), int(inputs.get(name, 0) * scale))
+             for name, _ in prefixed]
+    outside = int(sum(saved.get("", {}).values()) * scale)
+    return units, outside
+
+
+def plan_checkpointing(requested: Any, units: list[UnitActivations], outside: int, *,
+                       budget: int | None) -> CheckpointPlan:
+    """Choose the units to checkpoint. ``on``: all; ``off``: none; ``auto``: none when every activation fits
+    ``budget`` (bytes left for activations on the device), else the units with the largest activations
+    (most bytes freed by recomputing them) first, until the rest fits -- all of them if it never does."""
+    requested = checkpointing_mode(requested)
+    total = len(units)
+
+    def cost(chosen: set[str]) -> int:
+        # the end of the forward keeps every unit's saved tensors (a checkpointed one: its inputs); backward
+        # then runs the units in reverse, so a checkpointed unit is recomputed while the units before it
+        # still hold theirs and the ones after it are already freed
+        kept = [u.inputs if u.name in chosen else u.saved for u in units]
+        peak, before = sum(kept), 0
+        for u, k in zip(units, kept):
+            if u.name in chosen:
+                peak = max(peak, before + u.saved)
+            before += k
+        return outside + peak
+
+    everything = {u.name for u in units}
+    off, on = cost(set()), cost(everything)
+    if requested == "off" or not units:
+        return CheckpointPlan(requested, "off", [], total, off, off, on, budget)
+    if requested == "on":
+        return CheckpointPlan(requested, "on", [u.name for u in units], total, on, off, on, budget)
+    if budget is None:
+        return CheckpointPlan(requested, "on", [u.name for u in units], total, on, off, on, budget,
+                              "the device's free memory is unknown")
+    if off <= budget:
+        return CheckpointPlan(requested, "off", [], total, off, off, on, budget, "everything fits")
+    chosen: set[str] = set()
+    for u in sorted(units, key=lambda u: u.saved - u.inputs, reverse=True):
+        if u.saved <= u.inputs:
+            break
+        chosen.add(u.name)
+        if cost(chosen) <= budget:
+            break
+    if chosen == everything or cost(chosen) > budget:
+        return CheckpointPlan(requested, "on", [u.name for u in units], total, on, off, on, budget,
+                              "" if on <= budget else "even checkpointing every unit may not fit")
+    order = [u.name for u in units if u.name in chosen]
+    return CheckpointPlan(requested, "partial", order, total, cost(chosen), off, on, budget)

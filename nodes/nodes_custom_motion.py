@@ -137,6 +137,7 @@ class MotionKitTrainCustomMotion:
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
                 **common.scoring_inputs(),
+                **common.speed_inputs(),
             },
         }
 
@@ -165,7 +166,7 @@ class MotionKitTrainCustomMotion:
               video_fps=0.0, prior_video_fps=0.0, training_fps=24.0, prior_weight=0.5, timestep_sampling="high",
               preview_every=500, preview_prompt="", preview_steps=25, weight_decay=1e-2, max_grad_norm=1.0,
               delta_dtype="float16", mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
-              clip=None):
+              clip=None, checkpointing="auto", compile=False):
         from motion_core.methods.custom_motion import CustomMotionConfig, train_custom_motion, videos_in_folder
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource
@@ -206,7 +207,8 @@ class MotionKitTrainCustomMotion:
             name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps), width=width, height=height,
             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_prompt=preview_prompt,
             preview_steps=preview_steps, mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing, preview_cfg=9.0)
+            gradient_checkpointing=common.checkpointing_choice(gradient_checkpointing, checkpointing),
+            compile="on" if compile else "off", preview_cfg=9.0)
         resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):

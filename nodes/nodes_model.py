@@ -96,6 +96,13 @@ class MotionKitLoadVideoModel:
                     "tooltip": "Wan 2.2 A14B only: the low-noise expert (wan2.2_t2v_low_noise_14B_fp16."
                                "safetensors) from ComfyUI/models/diffusion_models; 'model' is then the high-noise "
                                "one. 'none' for every other model."}),
+                "attention": (["native", "auto", "xformers", "flash", "sage"], {
+                    "default": "native",
+                    "tooltip": "Attention kernels of the denoiser and of MotionKit's capture / guidance / "
+                               "embedding layers: native = PyTorch SDPA; xformers, flash (flash-attn) and sage "
+                               "(SageAttention: sampling only, no training) when installed, CUDA only; auto = the "
+                               "best one installed that runs here. A backend that is missing or cannot run on "
+                               "the device is an error."}),
             },
         }
 
@@ -151,7 +158,7 @@ class MotionKitLoadVideoModel:
         return True
 
     def load(self, model, hub_id, family, dtype, device, motion_adapter, text_encoder=AUTO, vae=AUTO,
-             low_noise_model=NO_FILE):
+             low_noise_model=NO_FILE, attention="native"):
         from motion_core.backbones import load_video_model
         from motion_core.motion_model import MotionModel
 
@@ -182,6 +189,10 @@ class MotionKitLoadVideoModel:
         host.free_host_memory()
         video_model = load_video_model(source, family=family, dtype=host.weight_dtype(dtype, torch_device),
                                        device=str(torch_device), motion_adapter=adapter, **files)
+        if attention not in (None, "native"):
+            from motion_core.attention.backends import apply_attention_backend
+
+            apply_attention_backend(video_model, attention)
         info = json.dumps(video_model.describe(), indent=1)
         return (MotionModel.wrap(video_model), info)
 

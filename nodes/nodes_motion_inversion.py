@@ -92,6 +92,7 @@ class MotionKitTrainMotionEmbeddings:
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
                 **common.scoring_inputs(),
+                **common.speed_inputs(),
             },
         }
 
@@ -109,7 +110,7 @@ class MotionKitTrainMotionEmbeddings:
               preview_every=100, preview_prompt="", preview_steps=30, noise_prior=0.5, noise_prior_steps=50,
               weight_decay=0.01, blocks="", mixed_precision="auto", gradient_checkpointing=True, video=None,
               core_video=None, score_checkpoints=False, keep_best=False,
-              clip=None):
+              clip=None, checkpointing="auto", compile=False):
         from motion_core.methods.motion_inversion import MotionInversion, MotionInversionConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource, train
@@ -131,7 +132,8 @@ class MotionKitTrainMotionEmbeddings:
             name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=use_fps, width=width, height=height,
             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_prompt=preview_prompt,
             preview_steps=preview_steps, mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(1))
+            gradient_checkpointing=common.checkpointing_choice(gradient_checkpointing, checkpointing),
+            compile="on" if compile else "off", preview_noise_prior=method.default_noise_prior(1))
         resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):

@@ -97,6 +97,7 @@ class MotionKitTrainMotionMatcher:
                     "recomputes them with the LoRA on)."),
                 "core_video": common.core_video_input(),
                 **common.scoring_inputs(),
+                **common.speed_inputs(),
             },
         }
 
@@ -109,7 +110,7 @@ class MotionKitTrainMotionMatcher:
               spatial_loss_weight=2000.0, temporal_loss_weight=2000.0, feature_downscale=0, preview_every=50,
               preview_prompt="", preview_steps=30, noise_prior=0.3, noise_prior_steps=75, weight_decay=0.01,
               mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
-              clip=None):
+              clip=None, checkpointing="auto", compile=False):
         from motion_core.methods.motion_matcher import MotionMatcherConfig, train_motion_matcher
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource
@@ -133,7 +134,8 @@ class MotionKitTrainMotionMatcher:
             name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
             height=height, checkpoint_every=checkpoint_every, preview_every=preview_every,
             preview_prompt=preview_prompt, preview_steps=preview_steps, mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing, preview_noise_prior=float(noise_prior), windows="first")
+            gradient_checkpointing=common.checkpointing_choice(gradient_checkpointing, checkpointing),
+            compile="on" if compile else "off", preview_noise_prior=float(noise_prior), windows="first")
         resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):

@@ -88,6 +88,7 @@ class MotionKitTrainMotionDirector:
                 "gradient_checkpointing": common.gradient_checkpointing_input(),
                 "core_video": common.core_video_input(),
                 **common.scoring_inputs(),
+                **common.speed_inputs(),
             },
         }
 
@@ -99,7 +100,7 @@ class MotionKitTrainMotionDirector:
               seed, resume_from, video=None, video_2=None, video_3=None, video_4=None, video_fps=0.0,
               training_fps=8.0, preview_every=50, preview_prompt="", preview_steps=30, noise_prior_steps=50,
               weight_decay=-1.0, mixed_precision="auto", gradient_checkpointing=True, core_video=None, score_checkpoints=False, keep_best=False,
-              clip=None):
+              clip=None, checkpointing="auto", compile=False):
         from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
         from motion_core.motion_model import MotionModel
         from motion_core.training import VideoSource, train
@@ -123,7 +124,8 @@ class MotionKitTrainMotionDirector:
             name, **common.scoring_options(score_checkpoints, keep_best, clip), steps=steps, seed=seed, frames=frames, fps=float(training_fps) if fps else None, width=width,
             height=height, checkpoint_every=checkpoint_every, preview_every=preview_every,
             preview_prompt=preview_prompt, preview_steps=preview_steps, mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing, preview_noise_prior=method.default_noise_prior(len(sources)))
+            gradient_checkpointing=common.checkpointing_choice(gradient_checkpointing, checkpointing),
+            compile="on" if compile else "off", preview_noise_prior=method.default_noise_prior(len(sources)))
         resume = common.resolve_resume(name, resume_from)
 
         def run(progress, cancel):

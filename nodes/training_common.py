@@ -104,7 +104,7 @@ def resolve_resume(name: str, resume_from: str | None) -> Path | None:
 
 def training_config(save_name: str, *, steps: int, seed: int, frames: int, fps: float | None, width: int,
                     height: int, checkpoint_every: int, preview_every: int, preview_prompt: str, preview_steps: int,
-                    mixed_precision: str, gradient_checkpointing: bool, preview_cfg: float = 12.0,
+                    mixed_precision: str, gradient_checkpointing: bool | str, preview_cfg: float = 12.0,
                     preview_noise_prior: float = 0.0, **options: Any):
     """The ``TrainingConfig`` of a Train node's run: checkpoints in output/motionkit_training/<save_name>, the
     adapter in models/motion_adapters, previews with the run's seed (``options``: other TrainingConfig fields,
@@ -117,7 +117,8 @@ def training_config(save_name: str, *, steps: int, seed: int, frames: int, fps: 
     return TrainingConfig(
         steps=int(steps), seed=int(seed), frames=int(frames), fps=fps, width=int(width), height=int(height),
         checkpoint_every=every, validate_every=int(preview_every),
-        mixed_precision=str(mixed_precision), gradient_checkpointing=bool(gradient_checkpointing),
+        mixed_precision=str(mixed_precision), gradient_checkpointing=gradient_checkpointing if isinstance(
+            gradient_checkpointing, str) else bool(gradient_checkpointing),
         run_dir=str(training_root() / save_name), save_name=save_name, adapters_dir=str(host.motion_adapters_dir()),
         preview=PreviewConfig(prompts=[prompt] if prompt else [], steps=int(preview_steps), cfg=float(preview_cfg),
                               seed=int(seed), noise_prior=float(preview_noise_prior)), **options)
@@ -306,7 +307,32 @@ def mixed_precision_input(note: str = "") -> tuple:
 def gradient_checkpointing_input(note: str = "The reference trains with it on.") -> tuple:
     return ("BOOLEAN", {
         "default": True,
-        "tooltip": _with("Recompute activations in the backward pass: much less memory, about 30% slower.", note)})
+        "tooltip": _with("Recompute activations in the backward pass to save memory. On: as 'checkpointing' says "
+                         "(auto = only as much as the device's free memory requires, none when everything fits; "
+                         "all = every block); off: never.", note)})
+
+
+def speed_inputs() -> dict:
+    """The optional speed inputs every Train node declares after the scoring inputs."""
+    return {
+        "checkpointing": (["auto", "all"], {
+            "default": "auto",
+            "tooltip": "With gradient_checkpointing on: auto = recompute only the blocks the device's free memory "
+                       "requires, the ones with the largest activations first (none when everything fits: fastest); "
+                       "all = every block, as the references train (least memory). The choice and the memory "
+                       "estimate are printed when the run starts."}),
+        "compile": ("BOOLEAN", {
+            "default": False,
+            "tooltip": "torch.compile every repeated block (regional). The first step takes longer (the compile "
+                       "time is printed); it pays only over long runs, mostly on a GPU."}),
+    }
+
+
+def checkpointing_choice(enabled: bool, units: str | None) -> str:
+    """The trainer's gradient_checkpointing from the node's switch and its ``checkpointing`` input."""
+    if not enabled:
+        return "off"
+    return "on" if str(units) == "all" else "auto"
 
 
 def core_video_input() -> tuple:

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .backends import attention, layer_backend
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +391,8 @@ class StageChainProcessor:
             hidden_states = torch.matmul(probs.to(value.dtype), value)
             del call.extra["probs"]
         else:
-            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           dropout_p=0.0, is_causal=False, scale=call.scale)
+            hidden_states = attention(query, key, value, attention_mask, scale=call.scale,
+                                      backend=layer_backend(attn))
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)

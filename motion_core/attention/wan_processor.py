@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .backends import attention, layer_backend
 from .processors import AttentionCall, StageChainProcessor, attention_probs
 
 __all__ = ["WanStageChainProcessor", "wan_attention_class"]
@@ -114,14 +114,13 @@ class WanStageChainProcessor(StageChainProcessor):
             out = torch.matmul(probs.to(v.dtype), v)
             del call.extra["probs"]
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+            out = attention(q, k, v, attention_mask, backend=layer_backend(attn))
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
 
         if context_img is not None:
             key_img = attn.norm_added_k(attn.add_k_proj(context_img)).unflatten(2, (attn.heads, -1))
             value_img = attn.add_v_proj(context_img).unflatten(2, (attn.heads, -1))
-            img = F.scaled_dot_product_attention(q, key_img.transpose(1, 2), value_img.transpose(1, 2),
-                                                 dropout_p=0.0, is_causal=False)
+            img = attention(q, key_img.transpose(1, 2), value_img.transpose(1, 2), backend=layer_backend(attn))
             out = out + img.transpose(1, 2).flatten(2, 3).type_as(query)
 
         out = attn.to_out[0](out)

@@ -105,7 +105,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="autocast on CUDA (auto: the model's dtype, bf16 for fp32 models when supported); the CPU "
                    "always trains in fp32")
-    o.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more memory")
+    o.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
+                   help="recompute activations in backward: auto = only the units the device's free memory requires "
+                   "(largest activations first; none when everything fits), on = every unit (the references' "
+                   "setting), off = none (default: auto; the choice and the memory estimate are printed at the start)")
+    o.add_argument("--no-gradient-checkpointing", action="store_true", help="the same as --gradient-checkpointing off")
+    o.add_argument("--compile", choices=["off", "on"], default="off", help="torch.compile every repeated block "
+                   "(regional; the first step includes the compile time, which is printed). Off by default: it pays "
+                   "only over long runs on a GPU")
     o.add_argument("--accelerate", action="store_true", help="use an accelerate.Accelerator even in a single "
                    "process (set automatically under 'accelerate launch')")
 
@@ -325,7 +332,8 @@ def run_train(args: argparse.Namespace) -> int:
         steps=args.steps, seed=args.seed, frames=args.frames, fps=args.fps, width=args.width, height=args.height,
         windows=args.windows, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         validate_every=args.validate_every, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=not args.no_gradient_checkpointing, run_dir=str(run_dir), save_name=save_name,
+        gradient_checkpointing="off" if args.no_gradient_checkpointing else args.gradient_checkpointing,
+        compile=args.compile, run_dir=str(run_dir), save_name=save_name,
         adapters_dir=args.adapters_dir, score_previews=bool(args.score_checkpoints or args.select_best),
         select_best=bool(args.select_best), score_clip=args.score_clip or None)
     if args.checkpoint_every == 0:  # as documented: one checkpoint at the end (the trainer reads 0 as "none")
