@@ -2,8 +2,8 @@
 folder reported as a :class:`~motion_core.errors.StorageError` that names the folder, the bytes needed and
 free, and what to do -- instead of ``SafetensorError: ... os error 28`` or ``av.error.OSError``.
 
-Writers stay atomic (a temporary name in the target folder, then ``os.replace``); this module only checks
-room beforehand and translates the failures.
+Writers stay atomic (a temporary name in the target folder, then ``os.replace``): :func:`write_atomically`
+is that writer for one file; this module also checks room beforehand and translates the failures.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .errors import StorageError
 
 __all__ = ["Need", "check_room", "check_writable", "describe_bytes", "free_bytes", "safetensors_bytes",
-           "storage_error"]
+           "storage_error", "write_atomically"]
 
 #: errno values that mean "the disk (or the quota) is full"
 _FULL = {errno.ENOSPC, errno.EFBIG} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
@@ -112,6 +112,32 @@ def storage_error(exc: BaseException, target: str | os.PathLike, *, what: str, n
         return StorageError(f"Cannot write {what}{file} in {folder}: {reason}. Make the folder writable"
                             f"{tail}, then run it again.")
     return None
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object], *, what: str,
+                     needed: int | None = None) -> Path:
+    """Write one file atomically: ``write(tmp)`` fills a temporary name in the target folder, which then replaces
+    ``path`` (``os.replace``), so there is never a half file. ``needed`` bytes are checked free first; a full
+    disk (before or while writing) or an unwritable folder raises a :class:`StorageError` naming the folder and
+    ``what``, and an existing file at ``path`` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        free = free_bytes(path.parent)
+        if needed is not None and free is not None and free < needed:
+            raise OSError(errno.ENOSPC, f"{describe_bytes(free)} free, {describe_bytes(needed)} needed")
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        err = storage_error(exc, path, what=what, needed=needed)
+        if err is not None:
+            raise err from exc
+        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def check_writable(folder: str | os.PathLike, *, what: str, advice: str = "") -> Path:

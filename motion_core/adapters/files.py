@@ -35,11 +35,9 @@ Exports (:func:`export_adapter`; an adapter trained on Wan 2.2 A14B -- layer nam
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import os
 import re
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -155,29 +153,12 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     """
     from safetensors.torch import save_file
 
-    from ..storage import describe_bytes, free_bytes, safetensors_bytes, storage_error
+    from ..storage import safetensors_bytes, write_atomically
 
-    path = Path(path)
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in metadata.items()}
-    needed = safetensors_bytes(data, meta)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        free = free_bytes(path.parent)
-        if free is not None and free < needed:
-            raise OSError(errno.ENOSPC, f"{describe_bytes(free)} free, {describe_bytes(needed)} needed")
-        save_file(data, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        err = storage_error(exc, path, what=what, needed=needed)
-        if err is not None:
-            raise err from exc
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: save_file(data, str(tmp), metadata=meta), what=what,
+                            needed=safetensors_bytes(data, meta))
 
 
 def safetensors_error(path: str | os.PathLike, exc: BaseException, what: str = "a MotionKit file") -> InputError:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,9 @@ __all__ = ["png_bytes", "write_atomic", "write_json", "write_png"]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, what: str) -> Path:
-    from ..storage import describe_bytes, free_bytes, storage_error
+    from ..storage import write_atomically
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        free = free_bytes(path.parent)
-        if free is not None and free < len(data):
-            import errno
-
-            raise OSError(errno.ENOSPC, f"{describe_bytes(free)} free, {describe_bytes(len(data))} needed")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        err = storage_error(exc, path, what=what, needed=len(data))
-        if err is not None:
-            raise err from exc
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_bytes(data), what=what, needed=len(data))
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
