@@ -395,52 +395,68 @@ def unit_activations(model: Any, num_frames: int, height: int, width: int,
     step = model.frame_limits.step
     while probe_frames < min(num_frames, 1 + 2 * step):
         probe_frames += step
-    side = model.size_multiple * 2
-    probe_shape = model.latent_shape(1, probe_frames, side, side)
     full_shape = model.latent_shape(batch, num_frames, height, width)
-    scale = torch.Size(full_shape).numel() / torch.Size(probe_shape).numel()
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     weight = next(model.denoiser.parameters())
-    latents = torch.randn(probe_shape, device=weight.device, dtype=weight.dtype, requires_grad=True)
     embeds = prompt_embeds[:1] if prompt_embeds is not None else model.encode_prompt([""])
-    stack: list[str] = []
-    saved: dict[str, dict[int, int]] = {}
-    inputs: dict[str, int] = {}
     names = {id(unit): name for name, unit in prefixed}
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def probe(side: int) -> tuple[tuple[int, ...], dict[str, int], dict[str, int]]:
+        shape = model.latent_shape(1, probe_frames, side, side)
+        latents = torch.randn(shape, device=weight.device, dtype=weight.dtype, requires_grad=True)
+        stack: list[str] = []
+        saved: dict[str, dict[int, int]] = {}
+        inputs: dict[str, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            try:
+                ptr = tensor.untyped_storage().data_ptr()
+                if ptr not in param_ptrs:
+                    bucket = saved.setdefault(stack[-1] if stack else "", {})
+                    bucket[ptr] = max(bucket.get(ptr, 0), tensor.untyped_storage().nbytes())
+            except (RuntimeError, NotImplementedError):  # pragma: no cover
+                pass
+            return tensor
+
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            name = names[id(module)]
+            stack.append(name)
+            size = sum(t.numel() * t.element_size() for t in list(args) + list(kwargs.values()) if torch.is_tensor(t))
+            inputs[name] = max(inputs.get(name, 0), size)
+
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            stack.pop()
+
+        handles = []
         try:
-            ptr = tensor.untyped_storage().data_ptr()
-            if ptr not in param_ptrs:
-                bucket = saved.setdefault(stack[-1] if stack else "", {})
-                bucket[ptr] = max(bucket.get(ptr, 0), tensor.untyped_storage().nbytes())
-        except (RuntimeError, NotImplementedError):  # pragma: no cover
-            pass
-        return tensor
+            for _, unit in prefixed:
+                handles.append(unit.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(unit.register_forward_hook(post, with_kwargs=True))
+            with autograd("the activation-memory probe"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = model.predict(latents, torch.tensor([500]), embeds)
+            del out
+        finally:
+            for h in handles:
+                h.remove()
+        return shape, {k: sum(v.values()) for k, v in saved.items()}, inputs
 
-    def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        name = names[id(module)]
-        stack.append(name)
-        size = sum(t.numel() * t.element_size() for t in list(args) + list(kwargs.values()) if torch.is_tensor(t))
-        inputs[name] = max(inputs.get(name, 0), size)
+    # two probes of 4x the tokens apart: bytes that grow with the latent area (activations) are told apart
+    # from bytes that do not (text keys / values of cross-attention), then both are scaled to the run's size
+    side = model.size_multiple * 2
+    shape_a, saved_a, inputs_a = probe(side)
+    shape_b, saved_b, inputs_b = probe(2 * side)
+    area_a, area_b = shape_a[-1] * shape_a[-2], shape_b[-1] * shape_b[-2]
+    area = full_shape[-1] * full_shape[-2]
+    time_scale = (full_shape[0] * full_shape[2]) / (shape_a[0] * shape_a[2])
 
-    def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        stack.pop()
+    def extrapolate(a: int, b: int) -> int:
+        per_area = max(0.0, (b - a) / (area_b - area_a))
+        fixed = max(0.0, a - per_area * area_a)
+        return int((fixed + per_area * area) * time_scale)
 
-    handles = []
-    try:
-        for _, unit in prefixed:
-            handles.append(unit.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(unit.register_forward_hook(post, with_kwargs=True))
-        with autograd("the activation-memory probe"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model.predict(latents, torch.tensor([500]), embeds)
-        del out
-    finally:
-        for h in handles:
-            h.remove()
-    units = [UnitActivations(name, int(sum(saved.get(name, {}).values()) * scale), int(inputs.get(name, 0) * scale))
-             for name, _ in prefixed]
-    outside = int(sum(saved.get("", {}).values()) * scale)
+    units = [UnitActivations(name, extrapolate(saved_a.get(name, 0), saved_b.get(name, 0)),
+                             extrapolate(inputs_a.get(name, 0), inputs_b.get(name, 0))) for name, _ in prefixed]
+    outside = extrapolate(saved_a.get("", 0), saved_b.get("", 0))
     return units, outside
 
 

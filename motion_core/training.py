@@ -1236,6 +1236,37 @@ class Trainer:
                 self.model, 1, cfg.frames, cfg.height, cfg.width, cfg.gradient_checkpointing == "on", embeds)
         return measured
 
+    def _profile_with_adapters(self) -> Any:
+        """The per-unit activation profile again with every installed LoRA set running in training mode (their
+        dropout masks and inputs are saved too); None where the method's adapters cannot run at the probe's
+        size (Motion Inversion's embeddings are tied to the training size) -- the bare model's profile stays."""
+        from .adapters.lora import active_lora, lora_layers, lora_root, set_active_lora
+        from .memory import unit_activations
+
+        root = lora_root(self.model)
+        layers = lora_layers(root)
+        if not layers:
+            return None
+        names = sorted({n for layer in layers.values() for n in layer.lora_A.keys()})
+        before = active_lora(root)
+        cfg = self.config
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        flags = [(p, p.requires_grad) for g in getattr(self, "groups", []) for p in g.params]
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for p, _ in flags:  # their weight gradients keep the LoRA inputs
+                    p.requires_grad_(True)
+                set_active_lora(root, names)
+                self.method.train_mode(self.model)
+                return unit_activations(self.model, cfg.frames, cfg.height, cfg.width,
+                                        self.cached[0].prompt_embeds if self.cached else None)
+        except (RuntimeError, ValueError, MotionKitError):
+            return None
+        finally:
+            set_active_lora(root, sorted(before))
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
     def _check_memory(self, groups: Sequence[ParamGroup], activations: int | None = None) -> None:
         """Estimate the run's device memory and refuse it before the first step when it cannot fit
         (:mod:`motion_core.memory`), so an impossible run fails in seconds with the numbers and what to
@@ -1256,6 +1287,8 @@ class Trainer:
                       text_encoder_resident=False if cfg.release_encoders else None,
                       released=RELEASABLE if cfg.release_encoders else ())
         profile = getattr(self, "_unit_profile", None)
+        if profile is not None:
+            profile = self._profile_with_adapters() or profile
         if profile is not None:  # auto: the fixed part of the estimate decides how many activations may stay
             units, outside = profile
             fixed = estimate_training_memory(self.model, gradient_checkpointing=True, activation_bytes=0, log=False,

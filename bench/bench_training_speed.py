@@ -1,0 +1,203 @@
+"""A MotionDirector training step at MotionKit's defaults vs the reference's settings vs the naive baseline.
+
+Variants, each in its own fresh process (``python bench/bench_training_speed.py --variant NAME``), alternating
+over ``--rounds``:
+
+* ``defaults``  -- ``motion_core.training`` as a user runs it: gradient checkpointing ``auto`` (only what the
+  device's free memory requires), fused LoRA forward, encoders released, denormals flushed on the CPU;
+* ``reference`` -- the reference's settings: gradient checkpointing on for every unit, no compile;
+* ``naive``     -- two separate pipelines per step, nothing cached (``bench_motiondirector_step.run_naive``);
+* ``compile``   -- (``--compile``) the defaults plus regional ``torch.compile``; its first step (compile time)
+  is reported separately.
+
+The model is the issue's: a randomly initialised UNet3D with ZeroScope's topology at a tenth of its widths
+(``block_out_channels (32, 64, 128, 128)``, 2 layers per block), 16 frames at 32x32 latents, LoRA rank 32 on the
+temporal and spatial linears, fp32, 2 threads. Seconds per step: median of the measured steps (after one warm-up
+step) over every round, with the range; memory: the process's peak RSS (VmHWM, the whole run: what a user
+sees) and the RSS before the first step.
+
+    python bench/bench_training_speed.py [--rounds 3] [--steps 3] [--latent 32] [--frames 16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_ROOT = os.environ.get("MOTIONKIT_BENCH_ROOT") or str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, str(Path(_ROOT) / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = "a red square sliding to the right"
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def build_model(threads: int):
+    import torch
+    from diffusers import UNet3DConditionModel
+
+    from motion_core.backbones import load_video_model
+    from motion_core.backbones.unet3d import UNet3DVideoModel
+    from motion_core.tiny import ensure_tiny_model
+
+    torch.set_num_threads(threads)
+    tiny = load_video_model(ensure_tiny_model("unet3d"), device="cpu")
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
+                                cross_attention_dim=tiny.text_encoder.config.hidden_size, norm_num_groups=8)
+    with torch.no_grad():
+        for p in unet.parameters():  # zero-initialised output projections would make temporal layers no-ops
+            p.add_(0.02 * torch.randn_like(p))
+    unet.requires_grad_(False).eval()
+    return UNet3DVideoModel(denoiser=unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                            scheduler=tiny.scheduler, base_model="bench-zeroscope-topology-w10")
+
+
+def child(args: argparse.Namespace) -> dict:
+    import logging
+
+    import torch
+
+    from motion_core.methods.motion_director import MotionDirector, MotionDirectorConfig
+    from motion_core.training import TrainingConfig, VideoSource, train
+    from motion_core.video import moving_square_frames
+
+    logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s", stream=sys.stderr)
+    model = build_model(args.threads)
+    size = args.latent * model.vae_scale_factor
+    frames = moving_square_frames(args.frames, size, size, square=size // 4, velocity=(1, 0), start=(2, size // 3))
+    rss_loaded = _status("VmRSS")
+    if args.variant == "naive":
+        from types import SimpleNamespace
+
+        from bench_motiondirector_step import run_naive
+
+        ns = SimpleNamespace(rank=args.rank, frames=args.frames, size=size, steps=args.steps)
+        times, _ = run_naive(model, frames, ns)
+        return {"steps": times, "first": None, "rss_loaded": rss_loaded, "rss_before_first_step": None,
+                "peak_rss": _status("VmHWM")}
+    marks: list[float] = []
+    rss_first: list[int] = []
+
+    class Timing:
+        def __call__(self, step: int, total: int, info: dict) -> None:
+            marks.append(time.perf_counter())
+
+    method = MotionDirector(MotionDirectorConfig(rank=args.rank, noise_prior_steps=0, spatial_drop_probability=0.0))
+    checkpointing = {"defaults": "auto", "compile": "auto", "reference": "on", "off": "off"}[args.variant]
+    import dataclasses
+
+    extra = {"compile": "on" if args.variant == "compile" else "off"}
+    if "compile" not in {f.name for f in dataclasses.fields(TrainingConfig)}:  # an older MotionKit ("today")
+        extra = {}
+        checkpointing = checkpointing != "off"
+    config = TrainingConfig(steps=args.steps + 1, frames=args.frames, width=size, height=size, fps=None,
+                            checkpoint_every=0, validate_every=0, final_preview=False, write_preview_videos=False,
+                            gradient_checkpointing=checkpointing, run_dir=str(Path(args.tmp) / f"run-{args.variant}-{os.getpid()}"),
+                            **extra)
+    from motion_core import training as training_module
+
+    original_loop = training_module.Trainer._loop
+
+    def loop(self, data_fp):  # the RSS right before the first step, after caching and setup
+        rss_first.append(_status("VmRSS"))
+        marks.append(time.perf_counter())
+        return original_loop(self, data_fp)
+
+    training_module.Trainer._loop = loop
+    train(model, method, [VideoSource(frames=frames)], PROMPT, config, progress=Timing())
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    return {"steps": steps[1:], "first": steps[0], "rss_loaded": rss_loaded, "rss_before_first_step": rss_first[0],
+            "peak_rss": _status("VmHWM"), "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per process (after 1 warm-up step)")
+    parser.add_argument("--latent", type=int, default=32, help="latent width = height")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default="defaults,reference,naive")
+    parser.add_argument("--compile", action="store_true", help="also time the defaults with torch.compile")
+    parser.add_argument("--today", help="a checkout of MotionKit before issue 13: adds a 'today' variant (its code "
+                        "with checkpointing on, the reference's setting) to compare against")
+    parser.add_argument("--tmp", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "motionkit-bench"))
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(child(args)))
+        return
+    variants = args.variants.split(",") + (["compile"] if args.compile else []) + (["today"] if args.today else [])
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    base = [sys.executable, __file__, "--steps", str(args.steps), "--latent", str(args.latent), "--frames",
+            str(args.frames), "--rank", str(args.rank), "--threads", str(args.threads), "--tmp", args.tmp]
+    load = os.getloadavg()[0]
+    for r in range(args.rounds):
+        for v in variants:
+            env = dict(os.environ)
+            if v == "today":
+                env["MOTIONKIT_BENCH_ROOT"] = args.today
+            out = subprocess.run(base + ["--variant", "reference" if v == "today" else v], capture_output=True,
+                                 text=True, check=False, env=env)
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"variant {v} failed")
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+            results[v].append(json.loads(line))
+            plan = [ln for ln in out.stderr.splitlines() if "gradient checkpointing" in ln]
+            print(f"round {r + 1} {v:<10} steps {['%.2f' % s for s in results[v][-1]['steps']]}"
+                  f" peak RSS {results[v][-1]['peak_rss'] / 2**20:.0f} MiB" + (f"\n   {plan[0].strip()[:200]}" if plan and r == 0 else ""),
+                  flush=True)
+    load = (load + os.getloadavg()[0]) / 2
+    mib = 2 ** 20
+
+    def med(v: str) -> float:
+        return statistics.median(s for r in results[v] for s in r["steps"])
+
+    def rng(v: str) -> tuple[float, float]:
+        per = [statistics.median(r["steps"]) for r in results[v]]
+        return min(per), max(per)
+
+    print(f"\nMotionDirector step, UNet3D ZeroScope topology /10, {args.frames} frames, {args.latent}x{args.latent} "
+          f"latents, rank {args.rank}, fp32, {args.threads} threads, {args.rounds} rounds x {args.steps} steps, "
+          f"load average ~{load:.1f}")
+    print(f"{'variant':<11}{'s/step':>8}{'range of round medians':>26}{'peak RSS':>11}{'RSS at step 1':>15}")
+    for v in variants:
+        lo, hi = rng(v)
+        peak = max(r["peak_rss"] for r in results[v]) / mib
+        before = [r["rss_before_first_step"] for r in results[v] if r["rss_before_first_step"]]
+        print(f"{v:<11}{med(v):>8.2f}{f'{lo:.2f}-{hi:.2f}':>26}{peak:>10.0f}M"
+              f"{(max(before) / mib if before else float('nan')):>14.0f}M")
+    if "reference" in results:
+        ref_peak = max(r["peak_rss"] for r in results["reference"])
+        for v in variants:
+            if v == "reference":
+                continue
+            pairs = [statistics.median(a["steps"]) / statistics.median(b["steps"])
+                     for a, b in zip(results[v], results["reference"])]
+            peak = max(r["peak_rss"] for r in results[v])
+            print(f"{v}/reference: time {med(v) / med('reference'):.2f}x (per round {min(pairs):.2f}-{max(pairs):.2f}),"
+                  f" peak RSS {peak / ref_peak:.2f}x")
+    if "compile" in results:
+        firsts = [r["first"] for r in results["compile"]]
+        print(f"compile: first step (compilation) {statistics.median(firsts):.1f}s")
+
+
+if __name__ == "__main__":
+    main()
