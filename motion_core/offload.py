@@ -61,7 +61,20 @@ class ComponentStash:
         return list(self._held)
 
     def release(self) -> list[str]:
-        """Free the components' tensors (written to a temporary file first); returns the released names."""
+        """Free the components' tensors (written to a temporary file first); returns the released names.
+        Interrupted (Ctrl-C, a failing write), it puts back what it had already freed before raising: a model
+        that ComfyUI caches between prompts must never be left with empty components."""
+        try:
+            self._release()
+        except BaseException:
+            self.restore()
+            raise
+        if self._held and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._trim()
+        return self.released
+
+    def _release(self) -> None:
         from safetensors.torch import save_file
 
         for name in self.names:
@@ -81,16 +94,11 @@ class ComponentStash:
                 log.warning("could not set the %s aside while training (%s); it stays loaded.", name, exc)
                 path.unlink(missing_ok=True)
                 continue
-            held = []
+            held = self._held[name] = []  # registered first: restore() finds every tensor freed so far
             for _, t in tensors:
                 held.append((t, t.device, t.dtype, t.shape))
                 t.data = torch.empty(0, device=t.device, dtype=t.dtype)
                 self.released_bytes += int(torch.Size(held[-1][3]).numel()) * t.element_size()
-            self._held[name] = held
-        if self._held and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self._trim()
-        return self.released
 
     def restore(self, keep_file: bool = False) -> None:
         """Load every released component back onto its device, in its dtype (bit-identical); ``keep_file``:
@@ -98,11 +106,11 @@ class ComponentStash:
         from safetensors import safe_open
 
         for name in list(self._held):
-            held = self._held.pop(name)
             path = self._dir / f"{name}.safetensors"
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                for i, (t, device, dtype, shape) in enumerate(held):
+                for i, (t, device, dtype, shape) in enumerate(self._held[name]):
                     t.data = f.get_tensor(str(i)).to(device=device, dtype=dtype).reshape(shape)
+            del self._held[name]  # only once loaded: an interrupted restore can be run again
         if self._dir is not None and not keep_file:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -510,3 +510,27 @@ def test_sigkill_then_resume_gives_the_same_losses_and_tensors_as_an_uninterrupt
             assert torch.equal(a.weights[layer][1], b.weights[layer][1])
     assert len(whole.noise_prior) == len(killed.noise_prior)
     assert all(torch.equal(x, y) for x, y in zip(whole.noise_prior, killed.noise_prior))
+
+
+def test_an_interrupt_while_the_idle_encoders_are_set_aside_leaves_the_model_whole(unet3d_model, tmp_path,
+                                                                                  monkeypatch):
+    """Ctrl-C (or a failing write) while the text encoder and VAE are being set aside for the loop: what was
+    already freed is put back before the interrupt propagates, so the model ComfyUI caches still encodes."""
+    import safetensors.torch
+
+    from motion_core.offload import ComponentStash
+
+    before = {n: t.clone() for n, t in unet3d_model.text_encoder.state_dict().items()}
+    real = safetensors.torch.save_file
+
+    def vae_interrupted(tensors, filename, metadata=None):
+        if "vae" in str(filename):
+            raise KeyboardInterrupt
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", vae_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ComponentStash(unet3d_model, folder=tmp_path).release()
+    after = unet3d_model.text_encoder.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert unet3d_model.encode_prompt(["a square"]).shape[0] == 1
