@@ -8,7 +8,10 @@ over ``--rounds``:
 * ``reference`` -- the reference's settings: gradient checkpointing on for every unit, no compile;
 * ``naive``     -- two separate pipelines per step, nothing cached (``bench_motiondirector_step.run_naive``);
 * ``compile``   -- (``--compile``) the defaults plus regional ``torch.compile``; its first step (compile time)
-  is reported separately.
+  is reported separately;
+* ``budget``    -- the defaults under ``MOTIONKIT_MEMORY_BUDGET=--budget``: auto recomputes only the units the
+  cap requires (``--variants defaults,reference,budget``);
+* ``today``     -- (``--today <checkout>``) the reference settings on MotionKit's code before issue 13.
 
 The model is the issue's: a randomly initialised UNet3D with ZeroScope's topology at a tenth of its widths
 (``block_out_channels (32, 64, 128, 128)``, 2 layers per block), 16 frames at 32x32 latents, LoRA rank 32 on the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -77,6 +81,7 @@ def child(args: argparse.Namespace) -> dict:
     from motion_core.video import moving_square_frames
 
     logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s", stream=sys.stderr)
+    rss_imports = _status("VmRSS")  # python + torch + diffusers, before any model
     model = build_model(args.threads)
     size = args.latent * model.vae_scale_factor
     frames = moving_square_frames(args.frames, size, size, square=size // 4, velocity=(1, 0), start=(2, size // 3))
@@ -98,7 +103,9 @@ def child(args: argparse.Namespace) -> dict:
             marks.append(time.perf_counter())
 
     method = MotionDirector(MotionDirectorConfig(rank=args.rank, noise_prior_steps=0, spatial_drop_probability=0.0))
-    checkpointing = {"defaults": "auto", "compile": "auto", "reference": "on", "off": "off"}[args.variant]
+    checkpointing = {"defaults": "auto", "compile": "auto", "reference": "on", "off": "off", "budget": "auto"}[args.variant]
+    if args.variant == "budget":  # auto under a memory cap: only part of the units recompute
+        os.environ["MOTIONKIT_MEMORY_BUDGET"] = args.budget
     import dataclasses
 
     extra = {"compile": "on" if args.variant == "compile" else "off"}
@@ -122,7 +129,7 @@ def child(args: argparse.Namespace) -> dict:
     train(model, method, [VideoSource(frames=frames)], PROMPT, config, progress=Timing())
     steps = [b - a for a, b in zip(marks, marks[1:])]
     return {"steps": steps[1:], "first": steps[0], "rss_loaded": rss_loaded, "rss_before_first_step": rss_first[0],
-            "peak_rss": _status("VmHWM"), "torch_threads": torch.get_num_threads()}
+            "peak_rss": _status("VmHWM"), "torch_threads": torch.get_num_threads(), "rss_imports": rss_imports}
 
 
 def main() -> None:
@@ -136,6 +143,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="defaults,reference,naive")
     parser.add_argument("--compile", action="store_true", help="also time the defaults with torch.compile")
+    parser.add_argument("--budget", default="1.5GiB", help="MOTIONKIT_MEMORY_BUDGET of the 'budget' variant "
+                        "(defaults under a memory cap)")
     parser.add_argument("--today", help="a checkout of MotionKit before issue 13: adds a 'today' variant (its code "
                         "with checkpointing on, the reference's setting) to compare against")
     parser.add_argument("--tmp", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "motionkit-bench"))
@@ -145,7 +154,7 @@ def main() -> None:
         return
     variants = args.variants.split(",") + (["compile"] if args.compile else []) + (["today"] if args.today else [])
     results: dict[str, list[dict]] = {v: [] for v in variants}
-    base = [sys.executable, __file__, "--steps", str(args.steps), "--latent", str(args.latent), "--frames",
+    base = [sys.executable, __file__, "--budget", args.budget, "--steps", str(args.steps), "--latent", str(args.latent), "--frames",
             str(args.frames), "--rank", str(args.rank), "--threads", str(args.threads), "--tmp", args.tmp]
     load = os.getloadavg()[0]
     for r in range(args.rounds):
@@ -161,6 +170,10 @@ def main() -> None:
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
             results[v].append(json.loads(line))
             plan = [ln for ln in out.stderr.splitlines() if "gradient checkpointing" in ln]
+            totals = re.findall(r"-> total ([0-9.]+) (GiB|MiB)", out.stderr)
+            if totals:
+                value, unit = totals[-1]
+                results[v][-1]["estimate"] = float(value) * (2**30 if unit == "GiB" else 2**20)
             print(f"round {r + 1} {v:<10} steps {['%.2f' % s for s in results[v][-1]['steps']]}"
                   f" peak RSS {results[v][-1]['peak_rss'] / 2**20:.0f} MiB" + (f"\n   {plan[0].strip()[:200]}" if plan and r == 0 else ""),
                   flush=True)
@@ -194,6 +207,14 @@ def main() -> None:
             peak = max(r["peak_rss"] for r in results[v])
             print(f"{v}/reference: time {med(v) / med('reference'):.2f}x (per round {min(pairs):.2f}-{max(pairs):.2f}),"
                   f" peak RSS {peak / ref_peak:.2f}x")
+    for v in variants:
+        checked = [(r["peak_rss"] - r["rss_imports"], r["estimate"]) for r in results[v]
+                   if r.get("estimate") and r.get("rss_imports")]
+        if checked:
+            used, estimate = max(checked)
+            verdict = "within" if used <= estimate else "ABOVE"
+            print(f"{v}: peak RSS above the bare process {used / mib:.0f} MiB vs the memory estimate "
+                  f"{estimate / mib:.0f} MiB: {verdict} the estimate")
     if "compile" in results:
         firsts = [r["first"] for r in results["compile"]]
         print(f"compile: first step (compilation) {statistics.median(firsts):.1f}s")

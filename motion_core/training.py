@@ -783,6 +783,20 @@ def _autocast_dtype(config: TrainingConfig, model: "VideoModel") -> torch.dtype 
     return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
 
 
+def _memory_cap() -> int | None:
+    """``MOTIONKIT_MEMORY_BUDGET`` (bytes, or a number with KiB / MiB / GiB / KB / MB / GB): the most memory a
+    training run may plan for, below what the device has free (e.g. to leave RAM to other programs)."""
+    text = os.environ.get("MOTIONKIT_MEMORY_BUDGET", "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"([0-9.]+)\s*([KMG]i?B?)?", text, re.IGNORECASE)
+    if not match:
+        raise InputError(f"MOTIONKIT_MEMORY_BUDGET must be a size such as 12GiB or 8000MB, not {text!r}.")
+    unit = (match.group(2) or "").upper().rstrip("B")
+    factor = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30}[unit]
+    return int(float(match.group(1)) * factor)
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -1294,6 +1308,9 @@ class Trainer:
             fixed = estimate_training_memory(self.model, gradient_checkpointing=True, activation_bytes=0, log=False,
                                              **kwargs)
             free = available_memory(fixed.device)
+            cap = _memory_cap()
+            if cap is not None:
+                free = cap if free is None else min(free, cap)
             budget = None
             if free is not None:  # check_training_memory's rule: total - resident <= 0.95 free, workspace 8 %
                 budget = max(0, int((0.95 * free - (fixed.total - fixed.resident)) / 1.08))

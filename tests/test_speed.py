@@ -212,3 +212,27 @@ def test_attention_backends(unet3d_model):
         finally:
             attn.set_processor(previous)
     torch.testing.assert_close(dispatched, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_budget_and_compile_settings(unet3d_model, monkeypatch):
+    from motion_core.training import TrainingConfig, _memory_cap, compiled_units
+
+    monkeypatch.setenv("MOTIONKIT_MEMORY_BUDGET", "1.5GiB")
+    assert _memory_cap() == 1.5 * 2**30
+    monkeypatch.setenv("MOTIONKIT_MEMORY_BUDGET", "800MB")
+    assert _memory_cap() == 800_000_000
+    monkeypatch.setenv("MOTIONKIT_MEMORY_BUDGET", "lots")
+    with pytest.raises(InputError, match="MOTIONKIT_MEMORY_BUDGET"):
+        _memory_cap()
+    cfg = TrainingConfig(steps=1, frames=8, width=32, height=32, checkpoint_every=0, validate_every=0, compile=True,
+                         gradient_checkpointing=True)
+    cfg.validate()
+    assert cfg.compile == "on" and cfg.gradient_checkpointing == "on"
+    assert TrainingConfig().gradient_checkpointing == "auto" and TrainingConfig().compile == "off"
+    with pytest.raises(InputError, match="compile"):
+        TrainingConfig(steps=1, frames=8, width=32, height=32, checkpoint_every=0, validate_every=0,
+                       compile="max").validate()
+    units = [u for _, u in checkpoint_units(unet3d_model.denoiser)]
+    with compiled_units(unet3d_model) as what:  # compiles lazily: nothing runs here
+        assert what and all(u._compiled_call_impl is not None for u in units)
+    assert all(u._compiled_call_impl is None for u in units)
