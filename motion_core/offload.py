@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ComponentStash", "RELEASABLE"]
 
 #: the components training never runs between its cache and its previews
-RELEASABLE = ("text_encoder", "text_encoder_2", "vae", "image_encoder")
+RELEASABLE = ("text_encoder", "text_encoder_2", "vae")
 
 
 def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:

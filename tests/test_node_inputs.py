@@ -330,10 +330,11 @@ def test_every_reference_video_input_has_a_core_video_alternative_last(name):
     spec = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()
     optional = spec["optional"]
     # last of the inputs of its time; only inputs added later follow it (new inputs go at the end: the Train
-    # nodes' checkpoint scoring)
+    # nodes' checkpoint scoring, then their speed settings)
     names = list(optional)
     assert optional["core_video"][0] == "VIDEO"
-    assert names[names.index("core_video") + 1:] in ([], ["score_checkpoints", "keep_best", "clip"])
+    assert names[names.index("core_video") + 1:] in (
+        [], ["score_checkpoints", "keep_best", "clip", "checkpointing", "compile"])
     image = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["optional"][NODES_WITH_A_REFERENCE_VIDEO[name]]
     assert image[0] == "IMAGE"  # optional, so that the VIDEO alone is a complete input
 
