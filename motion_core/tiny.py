@@ -630,6 +630,24 @@ def write_tiny_sd15_files(folder: str | os.PathLike, seed: int = 0, *, version: 
     return files
 
 
+def save_comfy_animatediff_files(sd15: str | os.PathLike, motion_adapter: str | os.PathLike,
+                                 checkpoint: str | os.PathLike, motion_module: str | os.PathLike) -> tuple[Path, Path]:
+    """The diffusers folders of an SD1.5 model (``unet/``, ``vae/``, ``text_encoder/``) and of a MotionAdapter,
+    written as ComfyUI keeps them: one checkpoint file (LDM layout) and one motion module file (original
+    AnimateDiff layout; ``.ckpt`` or ``.safetensors`` by the name's ending)."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    sd15 = Path(sd15)
+    with _quiet():
+        unet = UNet2DConditionModel.from_pretrained(sd15 / "unet")
+        vae = AutoencoderKL.from_pretrained(sd15 / "vae")
+        text_encoder = CLIPTextModel.from_pretrained(sd15 / "text_encoder")
+        adapter = MotionAdapter.from_pretrained(motion_adapter)
+    return (_save_weights(sd15_checkpoint_state(unet, vae, text_encoder), Path(checkpoint)),
+            _save_weights(original_motion_state(adapter.state_dict()), Path(motion_module)))
+
+
 def sparsectrl_file_state(controlnet: nn.Module) -> dict[str, torch.Tensor]:
     """A diffusers ``SparseControlNetModel`` state dict in the original SparseCtrl layout
     (``v3_sd15_sparsectrl_*.ckpt``: diffusers' ControlNet names, motion modules in AnimateDiff's)."""

@@ -621,6 +621,34 @@ class HostDirs:
         link.symlink_to(Path(target).resolve(), target_is_directory=True)
         return link
 
+    def put_comfy_wan_files(self, loader_widgets: list, work: Path) -> dict[str, Path]:
+        """A tiny Wan 2.1 as ComfyUI's three files under the names a Load Video Model node's widgets give
+        (model, text_encoder, vae), in models/diffusion_models, text_encoders and vae; the umt5 in ComfyUI's
+        scaled-fp8 form when its name says fp8."""
+        from motion_core.tiny_wan import save_comfy_wan_files
+
+        files = save_comfy_wan_files(work / "comfy_wan", seed=0)
+        if "fp8" in loader_widgets[6]:
+            files["text_encoder"] = save_comfy_wan_files(work / "comfy_wan_fp8", seed=0, fp8="scaled")["text_encoder"]
+        placed = {}
+        for role, index, folder in (("diffusion_model", 0, "diffusion_models"), ("text_encoder", 6, "text_encoders"),
+                                    ("vae", 7, "vae")):
+            placed[role] = self.models / folder / loader_widgets[index]
+            placed[role].parent.mkdir(parents=True, exist_ok=True)
+            placed[role].symlink_to(files[role])
+        return placed
+
+    def put_comfy_animatediff_files(self, loader_widgets: list, sd15: Path, motion_adapter: Path, monkeypatch) -> None:
+        """Tiny SD1.5 + motion adapter folders written as ComfyUI's checkpoint and motion module files under the
+        names a Load Video Model node's widgets give (model, motion_adapter); their CLIP tokenizer stands in for
+        the one the real host has (ComfyUI/comfy/sd1_tokenizer: an SD1.5 checkpoint carries none)."""
+        import motion_core.backbones.sd_files as sd_files
+        from motion_core.tiny import save_comfy_animatediff_files
+
+        save_comfy_animatediff_files(sd15, motion_adapter, self.models / "checkpoints" / loader_widgets[0],
+                                     self.models / "animatediff_models" / loader_widgets[5])
+        monkeypatch.setattr(sd_files, "_host_tokenizer_folder", lambda: Path(sd15) / "tokenizer")
+
 
 def isolate_host(root: Path, monkeypatch) -> HostDirs:
     """Point the standalone host's folders at fresh folders under ``root`` and clear any pending cancel."""

@@ -520,15 +520,15 @@ def test_node_declarations():
                 assert options and options[0].get("tooltip"), f"{name}.{input_name} has no tooltip"
 
 
-def _workflow_prompt(name, dirs, tiny_animatediff4_paths, classes, *, steps=3):
-    """A shipped workflow converted to an API prompt, pointed at the tiny model with a short schedule."""
+def _workflow_prompt(name, dirs, tiny_animatediff4_paths, classes, monkeypatch, *, steps=3):
+    """A shipped workflow converted to an API prompt, its checkpoint and motion module files (the names its
+    loader gives) holding the tiny model, with a short schedule."""
     from workflow_convert import ui_to_api
 
     wf = json.loads((REPO / "workflows" / name).read_text(encoding="utf-8"))
     (loader,) = [n for n in wf["nodes"] if n["type"] == "MotionKitLoadVideoModel"]
-    sd15, adapter = loader["widgets_values"][0], loader["widgets_values"][5]  # the folders the note names
-    dirs.link_model(sd15, tiny_animatediff4_paths.sd15)
-    dirs.link_model(adapter, tiny_animatediff4_paths.motion_adapter)
+    dirs.put_comfy_animatediff_files(loader["widgets_values"], tiny_animatediff4_paths.sd15,
+                                     tiny_animatediff4_paths.motion_adapter, monkeypatch)
     prompt = ui_to_api(wf, classes)
     for node in prompt.values():
         inputs = node["inputs"]
@@ -563,7 +563,7 @@ def test_workflows_run_end_to_end(name, tmp_path, monkeypatch, tiny_animatediff4
 
         tiny_sparsectrl(load_video_model(tiny_animatediff4_paths.pipeline, device="cpu")).save_pretrained(model_dir)
     classes = {**STAND_INS, **node_package.NODE_CLASS_MAPPINGS, **_nodes()}
-    wf, prompt = _workflow_prompt(name, dirs, tiny_animatediff4_paths, classes)
+    wf, prompt = _workflow_prompt(name, dirs, tiny_animatediff4_paths, classes, monkeypatch)
     result = Executor(classes).run(prompt)
     frames = [v[0] for k, v in result.outputs.items() if prompt[k]["class_type"] == "MotionKitSampler"][0]
     assert frames.shape == (4, SIZE, SIZE, 3) and result.files()

@@ -297,17 +297,14 @@ def test_wan_motionclone_workflow_runs_end_to_end(tmp_path, monkeypatch):
     from workflow_convert import ui_to_api
 
     import nodes as node_package
-    from motion_core.tiny import ensure_tiny_model
     from motion_core.video import write_moving_square_video
 
     dirs = isolate_host(tmp_path, monkeypatch)
     write_moving_square_video(dirs.input / "reference.mp4", num_frames=16, fps=8, width=SIZE, height=SIZE,
                               square=8, velocity=(2, 0))
-    dirs.link_model("tiny_wan", ensure_tiny_model("wan"))
     wf = json.loads((REPO / "workflows" / "wan_motionclone.json").read_text(encoding="utf-8"))
-    for node in wf["nodes"]:
-        if node["type"] == "MotionKitLoadVideoModel":
-            node["widgets_values"][0] = "tiny_wan"
+    (loader,) = [n for n in wf["nodes"] if n["type"] == "MotionKitLoadVideoModel"]
+    dirs.put_comfy_wan_files(loader["widgets_values"], tmp_path)  # the three files the workflow names
     classes = {**STAND_INS, **node_package.NODE_CLASS_MAPPINGS}
     prompt = ui_to_api(wf, classes)
     for node in prompt.values():
@@ -323,7 +320,8 @@ def test_wan_motionclone_workflow_runs_end_to_end(tmp_path, monkeypatch):
     frames = [v[0] for k, v in result.outputs.items() if prompt[k]["class_type"] == "MotionKitSampler"][0]
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and result.files()
     saved = list(dirs.motion_adapters.glob("*.safetensors"))
-    assert len(saved) == 1 and MotionRepresentation.load(saved[0]).extra["grid"] == [3, 4, 4]
+    # ComfyUI-layout Wan files carry the real VAE layout: 8x spatial compression, then 2x2 patches
+    assert len(saved) == 1 and MotionRepresentation.load(saved[0]).extra["grid"] == [3, SIZE // 16, SIZE // 16]
 
 
 def test_cli_clone_wan_smoke(tmp_path, capsys):

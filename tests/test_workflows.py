@@ -435,18 +435,12 @@ def test_wan_motiondirector_workflow_runs_end_to_end(dirs, tmp_path):
     Wan format into models/loras."""
     from safetensors.torch import load_file
 
-    from motion_core.tiny_wan import save_comfy_wan_files
     from motion_core.video import write_moving_square_video
 
     wf = load_workflow("wan_motiondirector.json")
     (loader,) = nodes_of(wf, "MotionKitLoadVideoModel")
     assert loader["widgets_values"][2] == "wan"
-    files = save_comfy_wan_files(tmp_path / "comfy_wan", seed=0)
-    files["text_encoder"] = save_comfy_wan_files(tmp_path / "comfy_wan_fp8", seed=0, fp8="scaled")["text_encoder"]
-    for role, index, folder in (("diffusion_model", 0, "diffusion_models"), ("text_encoder", 6, "text_encoders"),
-                                ("vae", 7, "vae")):
-        (dirs.models / folder).mkdir(parents=True, exist_ok=True)
-        (dirs.models / folder / loader["widgets_values"][index]).symlink_to(files[role])
+    dirs.put_comfy_wan_files(loader["widgets_values"], tmp_path)
     write_moving_square_video(dirs.input / "car-turn.mp4", num_frames=5, fps=16, width=32, height=32, square=8,
                               velocity=(3, 0), start=(2, 12))
     loader["widgets_values"][3] = "fp32"
