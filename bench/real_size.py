@@ -151,7 +151,8 @@ def training_runner(model, method, clip, checkpointing: str):
     f, h, w = clip.latents.shape[2:]
     scale = model.vae_scale_factor
     if checkpointing == "auto":
-        units, outside = unit_activations(model, f if model.family != "wan" else (f - 1) * 4 + 1, h * scale, w * scale,
+        frames = next(n for n in range(1, 8 * f + 2) if model.latent_frames(n) == f)
+        units, outside = unit_activations(model, frames, h * scale, w * scale,
                                           clip.prompt_embeds)
         free = available_memory(device)
         plan = plan_checkpointing("auto", units, outside, budget=None if free is None else int(0.7 * free))
@@ -219,10 +220,16 @@ def clone_runner(model, family: str, clip, text):
     model.encode_prompt = encode_prompt  # random embeddings of the encoder's shape (no text encoder runs)
     rep = representation_from_latents(model, clip.latents, seed=0)
     config = MotionCloneConfig(steps=1, guided_steps=1, guidance_fraction=1.0, warm_up=0, cool_down=0)
-    guided = MotionModel.wrap(model).with_hook(MotionCloneGuidance(rep, config))
+    if model.family == "wan":
+        from motion_core.methods.motion_clone_wan import WanMotionCloneGuidance
+
+        hook = WanMotionCloneGuidance(rep, config)
+    else:
+        hook = MotionCloneGuidance(rep, config)
+    guided = MotionModel.wrap(model).with_hook(hook)
     f, h, w = clip.latents.shape[2:]
     scale = model.vae_scale_factor
-    frames = f if family != "wan" else (f - 1) * 4 + 1
+    frames = next(n for n in range(1, 8 * f + 2) if model.latent_frames(n) == f)
     req = SampleRequest(prompt="a cat running", negative_prompt="blurry", steps=1, cfg=7.5, seed=0,
                         width=w * scale, height=h * scale, num_frames=frames)
 
@@ -326,8 +333,9 @@ def main() -> None:
             continue
         r = json.loads(lines[-1])
         rows.append(r)
-        print(f"{case:<32} {r['seconds']:8.3f} s/step  peak {r['peak_bytes'] / 2**30:7.2f} GiB  "
-              f"{r['flops'] / 1e9:10.1f} GFLOP/step  {r['tflops']:8.3f} TFLOP/s  "
+        counted = (f"{r['flops'] / 1e9:10.1f} GFLOP/step  {r['tflops']:8.3f} TFLOP/s" if r["flops"] else
+                   f"{'(FLOPs not countable: counter + checkpointed energy gradient)':>40}")
+        print(f"{case:<32} {r['seconds']:8.3f} s/step  peak {r['peak_bytes'] / 2**30:7.2f} GiB  {counted}  "
               f"({r['params'] / 1e6:.0f} M params, latents {r['shape']}, {r['dtype']})", flush=True)
     mem = "peak VRAM" if args.device.startswith("cuda") else "peak RSS"
     print(f"\n{len(rows)}/{len(cases)} cases in {time.perf_counter() - started:.0f}s on {args.device} "
