@@ -270,11 +270,24 @@ def weights_kind(path: str | os.PathLike):
         return None
     if key not in _WEIGHTS:
         try:
-            kind = identify(path)
+            kind = identify(path) if _cheap_to_identify(Path(path)) else None
         except (ModelLoadError, InputError, OSError):
             kind = None
         _bounded(_WEIGHTS)[key] = kind
     return _WEIGHTS[key]
+
+
+def _cheap_to_identify(path: Path) -> bool:
+    """Whether the names and shapes can be read without reading the weights: a safetensors header, or a
+    zip-format torch file (memory-mapped). A file in torch's old pre-zip format would be read whole -- gigabytes
+    on every refresh of the lists -- so it is listed unclassified and left to the loader."""
+    if path.name.lower().endswith((".safetensors", ".sft")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _files(kind: str, accept) -> list[str]:

@@ -178,3 +178,22 @@ def test_a_sparsectrl_file_with_diffusers_controlnet_names_is_sparsectrl(tmp_pat
     cog = _save(tmp_path / "cogvideox.safetensors", {"patch_embed.proj.weight": (8, 16, 2, 2),
                                                      "transformer_blocks.0.attn1.to_q.weight": (8, 8)})
     assert identify(cog).family == "cogvideox"
+
+
+def test_listing_never_reads_an_old_format_checkpoint_whole(comfy_models, monkeypatch):
+    """A .ckpt in torch's pre-zip format cannot be memory-mapped: classifying it would read the whole file on
+    every refresh. It is listed unclassified (the loader explains what it is); zip-format files are classified."""
+    import motion_core.adapters.files as adapter_files
+
+    m = comfy_models.models
+    legacy = m / "checkpoints" / "old_format.ckpt"
+    torch.save({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(legacy),
+               _use_new_zipfile_serialization=False)
+    zipped = m / "checkpoints" / "flux_as_ckpt.ckpt"
+    torch.save({k: torch.zeros(v) for k, v in FLUX.items()}, str(zipped))
+    reads = []
+    real = adapter_files.read_reference_pt
+    monkeypatch.setattr(adapter_files, "read_reference_pt", lambda p, *a, **k: reads.append(Path(p).name) or real(p, *a, **k))
+    models = combo_options(MotionKitLoadVideoModel.INPUT_TYPES()["required"]["model"])
+    assert "old_format.ckpt" in models and "old_format.ckpt" not in reads
+    assert "flux_as_ckpt.ckpt" not in models and "flux_as_ckpt.ckpt" in reads  # read (mapped), and refused
