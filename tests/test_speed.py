@@ -183,12 +183,8 @@ def test_encoders_leave_during_training_and_come_back(unet3d_model, tmp_path):
 def test_attention_backends(unet3d_model):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from motion_core.attention.backends import (
-        DispatchAttnProcessor,
-        apply_attention_backend,
-        available_backends,
-        resolve_backend,
-    )
+    from motion_core.attention.backends import apply_attention_backend, available_backends, resolve_backend
+    from motion_core.attention.processors import DispatchAttnProcessor
 
     assert resolve_backend("auto", "cpu") == "native" and available_backends("cpu") == ["native"]
     for name in ("xformers", "flash", "sage"):

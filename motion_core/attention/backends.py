@@ -8,7 +8,7 @@ else native.
 
 :func:`apply_attention_backend` sets the choice on every attention layer of a model's denoiser(s):
 diffusers' own processors that call the dispatcher (Wan) get it through ``set_attention_backend``, the UNet
-families' ``AttnProcessor2_0`` layers get :class:`DispatchAttnProcessor` (the same computation through the
+families' ``AttnProcessor2_0`` layers get :class:`.processors.DispatchAttnProcessor` (the same computation through the
 dispatcher), and MotionKit's capture / energy / injection processors read it from the layer
 (:func:`layer_backend`) and compute their attention with :func:`attention`. ``native`` leaves every
 processor as it was, bit for bit.
@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["ATTENTION_BACKENDS", "DispatchAttnProcessor", "apply_attention_backend", "attention",
+__all__ = ["ATTENTION_BACKENDS", "apply_attention_backend", "attention",
            "available_backends", "layer_backend", "resolve_backend"]
 
 ATTENTION_BACKENDS = ("auto", "native", "xformers", "flash", "sage")
@@ -97,55 +97,6 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
     return out.transpose(1, 2)
 
 
-class DispatchAttnProcessor:
-    """diffusers' ``AttnProcessor2_0`` computation with the attention itself through the dispatcher."""
-
-    def __init__(self, backend: str, previous: Any) -> None:
-        self.backend = backend
-        self.previous = previous
-
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
-                 **kwargs: Any) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch, seq, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = attention(query, key, value, attention_mask, scale=attn.scale, backend=self.backend)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-
 def _attention_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
 
@@ -154,6 +105,7 @@ def apply_attention_backend(model: Any, name: str | None, *, training: bool = Fa
     """Use attention backend ``name`` (see the module docstring) in every denoiser of ``model``; returns the
     concrete backend. Stored as ``model.attention_backend``; ``native`` undoes an earlier choice."""
     from ..adapters.lora import denoiser_modules
+    from .processors import DispatchAttnProcessor  # (processors imports this module)
 
     weight = next(model.denoiser.parameters())
     backend = resolve_backend(name, weight.device, weight.dtype, training=training)

@@ -342,67 +342,92 @@ class StageChainProcessor:
     def _run(self, attn: nn.Module, call: AttentionCall, stages: Sequence[AttentionStage],
              hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
              attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
-                                          else encoder_hidden_states.shape)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        return attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, stages=stages,
+                                 call=call)
 
-        qk_input = hidden_states
+
+def attention_forward(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                      attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *,
+                      stages: Sequence[AttentionStage] = (), call: AttentionCall | None = None,
+                      backend: str | None = None) -> torch.Tensor:
+    """diffusers' ``AttnProcessor2_0`` computation with MotionKit's stage points (``stages`` see ``call``) and the
+    attention itself through ``backend`` (default: the one set on the layer, see :mod:`.backends`). With no
+    stages it is exactly ``AttnProcessor2_0`` -- what :class:`DispatchAttnProcessor` runs."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch_size, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+    batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
+                                      else encoder_hidden_states.shape)
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+    qk_input = hidden_states
+    for stage in stages:
+        qk_input = stage.modify_qk_input(call, qk_input)
+    query = attn.to_q(qk_input)
+    if encoder_hidden_states is None:
+        key_input, value_input = qk_input, hidden_states
+    else:
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        key_input, value_input = context, context
+    for stage in stages:
+        value_input = stage.modify_v_input(call, value_input)
+    key = attn.to_k(key_input)
+    value = attn.to_v(value_input)
+
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+
+    for stage in stages:
+        stage.on_qk(call, query, key)
+    if any(stage.wants_probs(call) for stage in stages):
+        probs = attention_probs(query, key, float(attn.scale), attention_mask)
+        call.extra["probs"] = probs
         for stage in stages:
-            qk_input = stage.modify_qk_input(call, qk_input)
-        query = attn.to_q(qk_input)
-        if encoder_hidden_states is None:
-            key_input, value_input = qk_input, hidden_states
-        else:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-            key_input, value_input = context, context
-        for stage in stages:
-            value_input = stage.modify_v_input(call, value_input)
-        key = attn.to_k(key_input)
-        value = attn.to_v(value_input)
+            if stage.wants_probs(call):
+                stage.on_probs(call, probs)
+        hidden_states = torch.matmul(probs.to(value.dtype), value)
+        del call.extra["probs"]
+    else:
+        hidden_states = attention(query, key, value, attention_mask, scale=float(attn.scale),
+                                  backend=backend or layer_backend(attn))
 
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+    hidden_states = hidden_states.to(query.dtype)
+    hidden_states = attn.to_out[0](hidden_states)
+    hidden_states = attn.to_out[1](hidden_states)
+    if input_ndim == 4:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
 
-        for stage in stages:
-            stage.on_qk(call, query, key)
-        if any(stage.wants_probs(call) for stage in stages):
-            probs = attention_probs(query, key, call.scale, attention_mask)
-            call.extra["probs"] = probs
-            for stage in stages:
-                if stage.wants_probs(call):
-                    stage.on_probs(call, probs)
-            hidden_states = torch.matmul(probs.to(value.dtype), value)
-            del call.extra["probs"]
-        else:
-            hidden_states = attention(query, key, value, attention_mask, scale=call.scale,
-                                      backend=layer_backend(attn))
 
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+class DispatchAttnProcessor:
+    """The processor of an ``AttnProcessor2_0`` layer with a non-native attention backend (see
+    :func:`.backends.apply_attention_backend`): the same computation, the attention through the dispatcher."""
+
+    def __init__(self, backend: str, previous: Any) -> None:
+        self.backend = backend
+        self.previous = previous
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
+                 **kwargs: Any) -> torch.Tensor:
+        return attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, backend=self.backend)
 
 
 # module class -> chain processor class, most specific first; other families register theirs
