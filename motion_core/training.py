@@ -727,30 +727,20 @@ def activation_checkpointing(denoiser: nn.Module, enabled: bool = True,
             else:
                 denoiser.disable_gradient_checkpointing()
         return
-    _missing = object()
-    saved: list[tuple[nn.Module, Any]] = []
+    from .patching import replaced_forwards
 
-    def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(module: nn.Module) -> Callable[..., Any]:
+        inner = module.forward
+
         def forward(*args: Any, **kwargs: Any) -> Any:
             if torch.is_grad_enabled():
                 return checkpointed_call(inner, *args, **kwargs)
             return inner(*args, **kwargs)
         return forward
 
-    try:
-        chosen = None if units is None else set(units)
-        for name, module in checkpoint_units(denoiser):
-            if chosen is not None and name not in chosen:
-                continue
-            saved.append((module, module.__dict__.get("forward", _missing)))
-            module.forward = wrap(module.forward)
+    chosen = None if units is None else set(units)
+    with replaced_forwards((m for name, m in checkpoint_units(denoiser) if chosen is None or name in chosen), wrap):
         yield "units"
-    finally:
-        for module, previous in reversed(saved):
-            if previous is _missing:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
 
 
 # ============================================================================================== helpers

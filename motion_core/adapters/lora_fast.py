@@ -56,17 +56,7 @@ def fused_lora(root: nn.Module, enabled: bool = True) -> Iterator[int]:
         return
     from peft.tuners.lora.layer import Linear
 
-    _missing = object()
-    patched: list[tuple[nn.Module, Any]] = []
-    try:
-        for module in root.modules():
-            if type(module) is Linear:
-                patched.append((module, module.__dict__.get("forward", _missing)))
-                module.forward = fused_lora_forward.__get__(module)
-        yield len(patched)
-    finally:
-        for module, previous in reversed(patched):
-            if previous is _missing:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
+    from ..patching import replaced_forwards
+
+    with replaced_forwards((m for m in root.modules() if type(m) is Linear), fused_lora_forward.__get__) as count:
+        yield count

@@ -125,19 +125,10 @@ def identity_forward(module: nn.Module) -> Callable[..., Any]:
 def bypass_modules(modules: Sequence[tuple[str, nn.Module]]) -> Iterator[None]:
     """Make every module an identity while inside (its ``forward`` is shadowed by an instance attribute,
     restored on exit even on an exception; wrappers already installed, e.g. accelerate's hooks, come back)."""
-    _missing = object()
-    saved: list[tuple[nn.Module, Any]] = []
-    try:
-        for _, module in modules:
-            saved.append((module, module.__dict__.get("forward", _missing)))
-            module.forward = identity_forward(module)
+    from ..patching import replaced_forwards
+
+    with replaced_forwards((module for _, module in modules), identity_forward):
         yield
-    finally:
-        for module, previous in reversed(saved):
-            if previous is _missing:
-                del module.forward
-            else:
-                module.forward = previous
 
 
 class ClipVaeVideoModel(VideoModel):
