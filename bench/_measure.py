@@ -43,6 +43,35 @@ def _glibc() -> Any:
         return None
 
 
+def status_bytes(field: str) -> int:
+    """A byte figure of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``...); 0 where there is none."""
+    kib = _status_kib(field)
+    return 0 if kib is None else kib * 1024
+
+
+def zeroscope_topology_model(base_model: str = "bench-zeroscope-topology"):
+    """The benches' UNet3D: ZeroScope's topology at a tenth of its widths (32/64/128/128, 2 layers per block,
+    head dim 8), random weights (perturbed, since zero-initialised output projections would make the temporal
+    layers no-ops), with the tiny model's CLIP, VAE and scheduler; frozen, fp32 on the CPU."""
+    import torch
+    from diffusers import UNet3DConditionModel
+
+    from motion_core.backbones import load_video_model
+    from motion_core.backbones.unet3d import UNet3DVideoModel
+    from motion_core.tiny import ensure_tiny_model
+
+    tiny = load_video_model(ensure_tiny_model("unet3d"), device="cpu")
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
+                                cross_attention_dim=tiny.text_encoder.config.hidden_size, norm_num_groups=8)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    unet.requires_grad_(False).eval()
+    return UNet3DVideoModel(denoiser=unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                            scheduler=tiny.scheduler, base_model=base_model)
+
+
 def _reset_peak() -> int | None:
     """Reset the RSS high-water mark; returns the current RSS in bytes (None where unsupported)."""
     libc = _glibc()

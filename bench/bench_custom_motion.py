@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _measure import measure, mib, report  # noqa: E402
+from _measure import measure, mib, report, zeroscope_topology_model  # noqa: E402
 
 PROMPT = "a square doing the sks slide"
 
@@ -49,23 +49,8 @@ def _model():
     import torch
 
     _threads()
-    from diffusers import UNet3DConditionModel
-
-    from motion_core.backbones import load_video_model
-    from motion_core.backbones.unet3d import UNet3DVideoModel
-    from motion_core.tiny import ensure_tiny_model
-
-    tiny = load_video_model(ensure_tiny_model("unet3d"), device="cpu")
     cuda = torch.cuda.is_available()
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
-                                cross_attention_dim=tiny.text_encoder.config.hidden_size, norm_num_groups=8)
-    with torch.no_grad():
-        for p in unet.parameters():  # zero-initialised output projections would make temporal layers no-ops
-            p.add_(0.02 * torch.randn_like(p))
-    unet.requires_grad_(False).eval()
-    model = UNet3DVideoModel(denoiser=unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
-                             scheduler=tiny.scheduler, base_model="bench-zeroscope-topology")
+    model = zeroscope_topology_model()
     return model.to(torch.device("cuda") if cuda else torch.device("cpu"), torch.float16 if cuda else torch.float32)
 
 

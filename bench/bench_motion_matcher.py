@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _measure import measure, mib, report  # noqa: E402
+from _measure import measure, mib, report, zeroscope_topology_model  # noqa: E402
 
 FEATURE_LAYER = "down_blocks.2.attentions.0.transformer_blocks.0.attn2"
 DECODER_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -41,26 +41,11 @@ DECODER_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
 def _model():
     """The tiny model's text encoder / VAE / scheduler around a ZeroScope-topology UNet3D."""
     import torch
-    from diffusers import UNet3DConditionModel
 
-    from motion_core.backbones import load_video_model
-    from motion_core.backbones.unet3d import UNet3DVideoModel
-    from motion_core.tiny import ensure_tiny_model
-
-    tiny = load_video_model(ensure_tiny_model("unet3d"), device="cpu")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":  # intra-op threads spinning against other processes distort CPU timings
         torch.set_num_threads(int(os.environ.get("MOTIONKIT_BENCH_THREADS", "1")))
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
-                                cross_attention_dim=tiny.text_encoder.config.hidden_size, norm_num_groups=8)
-    with torch.no_grad():
-        for p in unet.parameters():  # zero-initialised output projections would hide the temporal layers
-            p.add_(0.02 * torch.randn_like(p))
-    unet.requires_grad_(False).eval()
-    model = UNet3DVideoModel(denoiser=unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
-                             scheduler=tiny.scheduler, base_model="bench-zeroscope-topology")
-    return model.to(device)
+    return zeroscope_topology_model().to(device)
 
 
 def _clip(model, frames: int, size: int):

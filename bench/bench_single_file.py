@@ -33,14 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from _measure import status_bytes  # noqa: E402
 
 
 def _load(case: str, layout: str, paths: dict) -> object:
@@ -87,13 +82,13 @@ def _child(case: str, layout: str, paths: dict, queue) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    base = _status_mib("RssAnon")
+    base = status_bytes("RssAnon") / 2**20
     peak = {"anon": base}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak["anon"] = max(peak["anon"], _status_mib("RssAnon"))
+            peak["anon"] = max(peak["anon"], status_bytes("RssAnon") / 2**20)
             time.sleep(0.002)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -104,7 +99,7 @@ def _child(case: str, layout: str, paths: dict, queue) -> None:
     done.set()
     thread.join()
     size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    queue.put({"seconds": seconds, "anon": peak["anon"] - base, "hwm": _status_mib("VmHWM"), "model": size})
+    queue.put({"seconds": seconds, "anon": peak["anon"] - base, "hwm": status_bytes("VmHWM") / 2**20, "model": size})
 
 
 def _measure(case: str, layout: str, paths: dict) -> dict:

@@ -36,39 +36,19 @@ from pathlib import Path
 
 _ROOT = os.environ.get("MOTIONKIT_BENCH_ROOT") or str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, _ROOT)
-sys.path.insert(0, str(Path(_ROOT) / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this checkout's bench helpers, also for --today
+
+from _measure import status_bytes, zeroscope_topology_model  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPT = "a red square sliding to the right"
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def build_model(threads: int):
     import torch
-    from diffusers import UNet3DConditionModel
-
-    from motion_core.backbones import load_video_model
-    from motion_core.backbones.unet3d import UNet3DVideoModel
-    from motion_core.tiny import ensure_tiny_model
 
     torch.set_num_threads(threads)
-    tiny = load_video_model(ensure_tiny_model("unet3d"), device="cpu")
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
-                                cross_attention_dim=tiny.text_encoder.config.hidden_size, norm_num_groups=8)
-    with torch.no_grad():
-        for p in unet.parameters():  # zero-initialised output projections would make temporal layers no-ops
-            p.add_(0.02 * torch.randn_like(p))
-    unet.requires_grad_(False).eval()
-    return UNet3DVideoModel(denoiser=unet, vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
-                            scheduler=tiny.scheduler, base_model="bench-zeroscope-topology-w10")
+    return zeroscope_topology_model("bench-zeroscope-topology-w10")
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -81,11 +61,11 @@ def child(args: argparse.Namespace) -> dict:
     from motion_core.video import moving_square_frames
 
     logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s", stream=sys.stderr)
-    rss_imports = _status("VmRSS")  # python + torch + diffusers, before any model
+    rss_imports = status_bytes("VmRSS")  # python + torch + diffusers, before any model
     model = build_model(args.threads)
     size = args.latent * model.vae_scale_factor
     frames = moving_square_frames(args.frames, size, size, square=size // 4, velocity=(1, 0), start=(2, size // 3))
-    rss_loaded = _status("VmRSS")
+    rss_loaded = status_bytes("VmRSS")
     if args.variant == "naive":
         from types import SimpleNamespace
 
@@ -94,7 +74,7 @@ def child(args: argparse.Namespace) -> dict:
         ns = SimpleNamespace(rank=args.rank, frames=args.frames, size=size, steps=args.steps)
         times, _ = run_naive(model, frames, ns)
         return {"steps": times, "first": None, "rss_loaded": rss_loaded, "rss_before_first_step": None,
-                "peak_rss": _status("VmHWM")}
+                "peak_rss": status_bytes("VmHWM")}
     marks: list[float] = []
     rss_first: list[int] = []
 
@@ -121,7 +101,7 @@ def child(args: argparse.Namespace) -> dict:
     original_loop = training_module.Trainer._loop
 
     def loop(self, data_fp):  # the RSS right before the first step, after caching and setup
-        rss_first.append(_status("VmRSS"))
+        rss_first.append(status_bytes("VmRSS"))
         marks.append(time.perf_counter())
         return original_loop(self, data_fp)
 
@@ -129,7 +109,7 @@ def child(args: argparse.Namespace) -> dict:
     train(model, method, [VideoSource(frames=frames)], PROMPT, config, progress=Timing())
     steps = [b - a for a, b in zip(marks, marks[1:])]
     return {"steps": steps[1:], "first": steps[0], "rss_loaded": rss_loaded, "rss_before_first_step": rss_first[0],
-            "peak_rss": _status("VmHWM"), "torch_threads": torch.get_num_threads(), "rss_imports": rss_imports}
+            "peak_rss": status_bytes("VmHWM"), "torch_threads": torch.get_num_threads(), "rss_imports": rss_imports}
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import status_bytes  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = ("motiondirector", "custom_motion", "motion_inversion", "motion_matcher", "motionclone")
@@ -45,14 +48,6 @@ SCALED = {"zeroscope": {"train": (8, 16, 16), "clone": (8, 16, 16)},
           "animatediff": {"train": (8, 16, 16), "clone": (8, 16, 16)},
           "wan": {"train": (3, 12, 20), "clone": (3, 12, 20)}}
 TEXT = {"zeroscope": (77, 1024), "animatediff": (77, 768), "wan": (512, 4096)}
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _init(module, seed: int = 0):
@@ -282,7 +277,7 @@ def child(args) -> dict:
         run()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status("VmHWM")
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_bytes("VmHWM")
     from torch.utils.checkpoint import set_checkpoint_early_stop
 
     counter = FlopCounterMode(display=False)
