@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from motion_core.errors import InputError, VideoError
+from motion_core.errors import InputError, ModelLoadError, VideoError
 
 from . import host, model_files
 
@@ -152,9 +152,14 @@ class MotionKitLoadVideoModel:
         if kind is not None and kind.family == "sd15" and motion_adapter == NO_ADAPTER:
             return (f"'{model}' is a Stable Diffusion 1.5 checkpoint (an image model): pick an AnimateDiff motion "
                     "module in motion_adapter (e.g. v3_sd15_mm.ckpt from models/animatediff_models).")
-        if "high_noise" in model.lower() and low_noise_model == NO_FILE:
-            return (f"'{model}' is the high-noise expert of a Wan 2.2 A14B pair: pick its low-noise partner in "
-                    "low_noise_model (e.g. the same name with low_noise).")
+        if kind is not None and kind.family == "wan" and low_noise_model is not None:
+            from motion_core.backbones.wan_files import check_expert_pair
+
+            low = None if low_noise_model == NO_FILE else host.model_file_path(host.DIFFUSION_MODELS, low_noise_model)
+            try:
+                check_expert_pair(model_files.video_model_file_path(model), low)
+            except ModelLoadError as exc:
+                return str(exc)
         return True
 
     def load(self, model, hub_id, family, dtype, device, motion_adapter, text_encoder=AUTO, vae=AUTO,

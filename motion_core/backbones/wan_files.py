@@ -56,7 +56,7 @@ from .single_file import WeightsHeader, WeightsKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WAN_FOLDERS", "convert_wan22_vae_to_diffusers", "load_umt5_file", "load_wan_files",
+__all__ = ["WAN_FOLDERS", "check_expert_pair", "convert_wan22_vae_to_diffusers", "load_umt5_file", "load_wan_files",
            "load_wan_transformer_file", "load_wan_vae_file", "read_spiece_model", "umt5_config_from_header",
            "wan_transformer_config_from_header", "wan_vae_config_from_header"]
 
@@ -381,8 +381,11 @@ def _expert_names(path: Path) -> tuple[bool, bool]:
     return "high_noise" in name, "low_noise" in name
 
 
-def _check_pair(request: Any) -> Path | None:
-    path, low = request.path, request.low_noise_model
+def check_expert_pair(path: Path, low: Path | None) -> Path | None:
+    """The low-noise expert to load with the model file ``path`` (None for a single-expert Wan), or a
+    ModelLoadError when the two do not make a Wan 2.2 A14B pair by ComfyUI's file names (``high_noise`` /
+    ``low_noise``). Also what Load Video Model checks when a prompt is queued."""
+    path = Path(path)
     high_name, low_name = _expert_names(path)
     if low is None:
         if high_name:
@@ -413,7 +416,7 @@ def load_wan_files(request: Any) -> VideoModel:
     path, dtype = Path(request.path), request.dtype
     kind = request.kind if isinstance(request.kind, WeightsKind) else single_file.identify(path)
     _check_diffusion_kind(path, kind)
-    low = _check_pair(request)
+    low = check_expert_pair(request.path, request.low_noise_model)
     low_kind = None
     if low is not None:
         low_kind = single_file.identify(low)
