@@ -1416,12 +1416,14 @@ class Trainer:
     @contextlib.contextmanager
     def _speed_levers(self) -> Iterator[None]:
         """What makes a step cheaper without changing its maths, for the loop's duration: the idle encoders
-        leave the device and RAM (back for previews), peft's LoRA forward fused into one GEMM per set,
+        leave the device and RAM (back for previews), peft's LoRA sets as one autograd function each
+        (:mod:`~motion_core.adapters.lora_fast`), frame-only Conv3d as conv2d (:mod:`~motion_core.temporal_conv`),
         denormal floats flushed on the CPU (tiny gradients squared in AdamW's second moment fall below
         1e-38, where x86 arithmetic is ~7x slower), optional regional torch.compile."""
-        from .adapters.lora import lora_root
+        from .adapters.lora import denoiser_modules, lora_root
         from .adapters.lora_fast import fused_lora
         from .offload import ComponentStash
+        from .temporal_conv import temporal_convs_as_2d
 
         cfg, model = self.config, self.model
         with contextlib.ExitStack() as stack:
@@ -1434,6 +1436,8 @@ class Trainer:
                     log.info("released %s (%s) until the run ends; they come back for previews",
                              " and ".join(stash.released), _mib(stash.released_bytes))
             stack.enter_context(fused_lora(lora_root(model)))
+            for _, denoiser in denoiser_modules(model):
+                stack.enter_context(temporal_convs_as_2d(denoiser))
             if model.device.type == "cpu" and torch.set_flush_denormal(True):
                 stack.callback(torch.set_flush_denormal, False)
             self._compiling = cfg.compile == "on"

@@ -1,6 +1,7 @@
 """Issue 13: the speed and memory levers change no maths.
 
-* the fused LoRA forward gives peft's outputs and LoRA gradients (dropout on, several sets active);
+* the fused LoRA forward gives peft's outputs and LoRA gradients (several sets active; dropout off, and on
+  with the same masks), its keep masks are dropout's distribution; frame-only Conv3d as conv2d is the same;
 * gradient checkpointing auto / on / off (and a partial plan) give the same gradients and the same trained
   adapter;
 * the plan: none when everything fits, the largest units first when not, all when nothing else fits;
@@ -17,8 +18,9 @@ import torch
 
 from motion_core.adapters.lora import inject_lora, lora_parameters, remove_lora, set_active_lora
 from motion_core.adapters.lora import spatial_lora_targets, temporal_lora_targets
-from motion_core.adapters.lora_fast import fused_lora
+from motion_core.adapters.lora_fast import fused_lora, keep_mask, quantized_drop_probability
 from motion_core.errors import InputError
+from motion_core.temporal_conv import is_frame_only_conv, temporal_convs_as_2d
 from motion_core.memory import UnitActivations, checkpointing_mode, plan_checkpointing, unit_activations
 from motion_core.training import activation_checkpointing, checkpoint_units, train
 
@@ -43,30 +45,113 @@ def _lora_model(model, generator):
     return params
 
 
-def test_fused_lora_forward_equals_peft(unet3d_model):
+class _RecordedDropout(torch.nn.Module):
+    """peft's dropout replaced by the masks the fused path drew, in the same order (inverted scaling)."""
+
+    def __init__(self, masks: list, p: float):
+        super().__init__()
+        self.masks, self.scale = masks, 1.0 / (1.0 - quantized_drop_probability(p))
+
+    def forward(self, x):
+        return x * self.masks.pop(0).view(x.shape).to(x.dtype) * self.scale
+
+
+def test_fused_lora_forward_equals_peft(unet3d_model, monkeypatch):
+    """The fused sets give peft's outputs and gradients: without dropout as they are, with dropout given the
+    same keep masks (the fused path's are recorded and fed to peft's layers in the same order)."""
+    from motion_core.adapters import lora_fast
+
     den = unet3d_model.denoiser
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 4, 8, 8, generator=g)
     emb = unet3d_model.encode_prompt(["x"])
     params = _lora_model(unet3d_model, g)
+    drawn: list[torch.Tensor] = []
+    draw = lora_fast.keep_mask
+
+    def recording(shape, p, device):
+        drawn.append(draw(shape, p, device))
+        return drawn[-1]
+
+    monkeypatch.setattr(lora_fast, "keep_mask", recording)
+    dropouts = [(d, key) for m in den.modules() if type(m).__name__ == "ModuleDict"
+                for key, d in m.items() if isinstance(d, torch.nn.Dropout)]
     try:
-        results = []
-        for fused in (False, True):
-            with fused_lora(den, fused) as n:
-                torch.manual_seed(5)  # the same dropout masks
-                out = unet3d_model.predict(z, 500, emb)
-                loss = out.pow(2).mean()
-                results.append((out.detach(), loss.detach(), torch.autograd.grad(loss, params)))
-            assert n == (len(temporal_lora_targets(unet3d_model)) + len(spatial_lora_targets(unet3d_model))
-                         if fused else 0)
-        (o1, l1, g1), (o2, l2, g2) = results
-        torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)
-        for a, b in zip(g1, g2):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        for dropout_on in (False, True):
+            for d, _ in dropouts:
+                d.train(dropout_on)
+            results = []
+            for fused in (True, False):
+                with fused_lora(den, fused) as n:
+                    if not fused and dropout_on:
+                        masks = list(drawn)
+                        for m in den.modules():
+                            if type(m).__name__ == "ModuleDict":
+                                for key, d in list(m.items()):
+                                    if isinstance(d, torch.nn.Dropout):
+                                        m[key] = _RecordedDropout(masks, d.p)
+                    drawn.clear() if fused else None
+                    out = unet3d_model.predict(z, 500, emb)
+                    loss = out.pow(2).mean()
+                    results.append((out.detach(), loss.detach(), torch.autograd.grad(loss, params)))
+                assert n == (len(temporal_lora_targets(unet3d_model)) + len(spatial_lora_targets(unet3d_model))
+                             if fused else 0)
+            assert len(drawn) == (len(dropouts) if dropout_on else 0)  # one mask per set and call
+            if dropout_on:
+                assert not masks  # peft's path used every recorded mask
+            (o1, l1, g1), (o2, l2, g2) = results
+            torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)
+            for a, b in zip(g1, g2):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+            # the masks matter: the dropout-on output is not the dropout-off one
+            if dropout_on:
+                assert (o1 - off_output).abs().max() > 1e-4
+            off_output = o1
         assert all("forward" not in m.__dict__ for m in den.modules() if type(m).__name__ == "Linear")
     finally:
         remove_lora(den, ["t", "s"])
+
+
+def test_keep_mask_is_dropout():
+    """Kept with probability 1 - p (p rounded to 1/65536), independent draws, replayed by the torch seed."""
+    n = 1 << 20
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        a = keep_mask((n // 64, 64), p, torch.device("cpu"))
+        b = keep_mask((n // 64, 64), p, torch.device("cpu"))
+        torch.manual_seed(0)
+        again = keep_mask((n // 64, 64), p, torch.device("cpu"))
+        assert a.dtype == torch.uint8 and set(a.unique().tolist()) <= {0, 1}
+        kept = a.double().mean().item()
+        assert abs(kept - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5  # five standard deviations
+        assert torch.equal(a, again) and not torch.equal(a, b)
+        # neighbours (one 64-bit draw gives four elements) are independent
+        pairs = (a.view(-1)[0::2].double() * a.view(-1)[1::2].double()).mean().item()
+        assert abs(pairs - (1 - p) ** 2) < 5 * ((1 - p) ** 2 / (n / 2)) ** 0.5
+    assert quantized_drop_probability(0.1) == 6554 / 65536
+    assert keep_mask((3, 5), 0.5, torch.device("cpu")).shape == (3, 5)  # sizes not divisible by four
+
+
+def test_temporal_convs_as_2d(unet3d_model):
+    den = unet3d_model.denoiser
+    convs = [m for m in den.modules() if is_frame_only_conv(m)]
+    assert convs and len(convs) == sum(isinstance(m, torch.nn.Conv3d) for m in den.modules())
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(1, 4, 4, 8, 8, generator=g)
+    emb = unet3d_model.encode_prompt(["x"])
+    results = []
+    for enabled in (False, True):
+        x = z.clone().requires_grad_(True)
+        with temporal_convs_as_2d(den, enabled) as n:
+            out = unet3d_model.predict(x, 500, emb)
+            results.append((out.detach(), torch.autograd.grad(out.pow(2).mean(), x)[0]))
+        assert n == (len(convs) if enabled else 0)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-8)
+    assert all("forward" not in m.__dict__ for m in convs)
+    # one that is not frame-only keeps Conv3d's own forward
+    assert not is_frame_only_conv(torch.nn.Conv3d(2, 2, (3, 3, 3), padding=1))
 
 
 def test_partial_checkpointing_gives_the_same_gradients(unet3d_model):
