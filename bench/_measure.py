@@ -49,6 +49,59 @@ def status_bytes(field: str) -> int:
     return 0 if kib is None else kib * 1024
 
 
+def live_heap_bytes() -> int | None:
+    """Bytes the C heap has handed out and not got back (glibc ``mallinfo2``: in-use arena chunks + mmapped
+    chunks, every arena): the process's live allocations -- tensors included -- without the freed memory
+    glibc keeps mapped, which RSS counts. None where glibc's ``mallinfo2`` is missing."""
+    import ctypes
+
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class PeakLiveHeap:
+    """``with PeakLiveHeap() as peak:`` -- the highest :func:`live_heap_bytes` after any torch operation inside
+    (``peak.bytes``; None without glibc). Slows every op down (one ``mallinfo2`` each), so benches run it on
+    a step they do not time."""
+
+    def __init__(self) -> None:
+        self.bytes: int | None = None
+        self._mode: Any = None
+
+    def __enter__(self) -> "PeakLiveHeap":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+        tracker.bytes = live_heap_bytes()
+        if tracker.bytes is None:
+            return self
+
+        class Sample(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                out = func(*args, **(kwargs or {}))
+                tracker.bytes = max(tracker.bytes, live_heap_bytes())
+                return out
+
+        self._mode = Sample()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self._mode = None
+
+
 def zeroscope_topology_model(base_model: str = "bench-zeroscope-topology"):
     """The benches' UNet3D: ZeroScope's topology at a tenth of its widths (32/64/128/128, 2 layers per block,
     head dim 8), random weights (perturbed, since zero-initialised output projections would make the temporal

@@ -1245,6 +1245,7 @@ class Trainer:
         dropout masks and inputs are saved too); None where the method's adapters cannot run at the probe's
         size (Motion Inversion's embeddings are tied to the training size) -- the bare model's profile stays."""
         from .adapters.lora import active_lora, lora_layers, lora_root, set_active_lora
+        from .adapters.lora_fast import fused_lora
         from .memory import unit_activations
 
         root = lora_root(self.model)
@@ -1262,8 +1263,9 @@ class Trainer:
                     p.requires_grad_(True)
                 set_active_lora(root, names)
                 self.method.train_mode(self.model)
-                return unit_activations(self.model, cfg.frames, cfg.height, cfg.width,
-                                        self.cached[0].prompt_embeds if self.cached else None)
+                with fused_lora(root):  # the sets as the loop runs them (what they keep differs from peft's)
+                    return unit_activations(self.model, cfg.frames, cfg.height, cfg.width,
+                                            self.cached[0].prompt_embeds if self.cached else None)
         except (RuntimeError, ValueError, MotionKitError):
             return None
         finally:
