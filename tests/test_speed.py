@@ -317,3 +317,29 @@ def test_memory_budget_and_compile_settings(unet3d_model, monkeypatch):
     with compiled_units(unet3d_model) as what:  # compiles lazily: nothing runs here
         assert what and all(u._compiled_call_impl is not None for u in units)
     assert all(u._compiled_call_impl is None for u in units)
+
+
+def test_fused_lora_under_autocast_keeps_fp32_masters():
+    """Under autocast (how CUDA trains in fp16 / bf16; here the CPU's bf16) the fused sets run their matmuls in
+    autocast's dtype like peft's, and the fp32 LoRA weights get fp32 gradients."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 24)).requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights="gaussian"), net)
+    params = [p for n, p in net.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+        torch.nn.init.normal_(p.data, 0, 0.3)
+    x = torch.randn(5, 7, 16)
+    results = []
+    for fused in (False, True):
+        with fused_lora(net, fused), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.float().pow(2).sum(), params)
+        assert all(g.dtype == torch.float32 for g in grads)
+        results.append((out.float(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(results[0][1], results[1][1]):  # bf16 rounding differs element-wise; the whole agrees
+        assert (a - b).norm() < 2e-2 * a.norm()
