@@ -102,6 +102,70 @@ class PeakLiveHeap:
             self._mode = None
 
 
+def trainer_step(model, method, clip, *, checkpointing: bool = True, units=None, update: bool = True):
+    """``run()``: one step of ``method`` on the cached ``clip`` as the trainer takes it -- inside
+    ``training.step_levers``, the trainer's checkpointing (every unit, ``units`` only, or none), autocast and
+    GradScaler as ``mixed_precision: auto`` picks them, every group's gradient at the same weights, clip norms
+    and one AdamW update (``update=False``: gradients only). Without the trainer's data, caching, checkpoints
+    and previews, so the benches can time the step alone at any size."""
+    import contextlib
+
+    import torch
+
+    from motion_core.training import (Batch, TrainingConfig, _checkpoint_every_denoiser, autocast_dtype,
+                                      grad_scaler, step_levers)
+
+    groups = method.setup(model, [clip], torch.Generator().manual_seed(0))
+    for g in groups:
+        for p in g.params:
+            p.requires_grad_(True)
+    by_name = {g.name: g for g in groups}
+    optimizer = torch.optim.AdamW([{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay,
+                                    "betas": g.betas, "eps": g.eps} for g in groups])
+    method.train_mode(model)
+    half = autocast_dtype(TrainingConfig(), model)
+    scaler = grad_scaler(model, half)
+    grads: dict[int, torch.Tensor] = {}
+    backed: set[int] = set()
+
+    def backward(loss, names):
+        backed.add(id(loss))
+        params = [p for n in names for p in by_name[n].params if p.requires_grad]
+        scaled = scaler.scale(loss) if scaler is not None else loss
+        for p, g in zip(params, torch.autograd.grad(scaled, params, allow_unused=True)):
+            if g is not None:
+                grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
+
+    def run():
+        grads.clear()
+        backed.clear()
+        batch = Batch(step=0, clip=clip, model=model, generator=torch.Generator().manual_seed(1), method=method,
+                      _backward=backward)
+        autocast = (torch.autocast(model.device.type, dtype=half) if half is not None
+                    else contextlib.nullcontext())
+        with _checkpoint_every_denoiser(model, checkpointing, units=units), step_levers(model), autocast:
+            out = method.training_step(model, batch)
+            for loss in {id(v): v for v in out.losses.values()}.values():  # not back-propagated in the step
+                if id(loss) not in backed:
+                    backward(loss, [n for n, other in out.losses.items() if other is loss])
+        if not update:
+            return out
+        for g in groups:
+            for p in g.params:
+                p.grad = grads.get(id(p))
+            if g.max_grad_norm and scaler is None:
+                torch.nn.utils.clip_grad_norm_([p for p in g.params if p.grad is not None], g.max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return out
+
+    return run
+
+
 def zeroscope_topology_model(base_model: str = "bench-zeroscope-topology"):
     """The benches' UNet3D: ZeroScope's topology at a tenth of its widths (32/64/128/128, 2 layers per block,
     head dim 8), random weights (perturbed, since zero-initialised output projections would make the temporal

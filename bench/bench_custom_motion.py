@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _measure import measure, mib, report, zeroscope_topology_model  # noqa: E402
+from _measure import measure, mib, report, trainer_step, zeroscope_topology_model  # noqa: E402
 
 PROMPT = "a square doing the sks slide"
 
@@ -73,55 +73,6 @@ def _clip(model, frames: int, size: int):
     return CachedClip(index=0, video_index=0, prompt=PROMPT, latents=latents, prompt_embeds=embeds)
 
 
-def _step_runner(model, method, clip):
-    """One trainer step: gradients of every group at the same weights, clipping, one AdamW update."""
-    import contextlib
-
-    import torch
-
-    from motion_core.training import Batch, activation_checkpointing
-
-    groups = method.setup(model, [clip], torch.Generator().manual_seed(0))
-    for g in groups:
-        for p in g.params:
-            p.requires_grad_(True)
-    by_name = {g.name: g for g in groups}
-    optimizer = torch.optim.AdamW([{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay,
-                                    "betas": g.betas, "eps": g.eps} for g in groups])
-    method.train_mode(model)
-    cuda = model.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
-    grads: dict[int, torch.Tensor] = {}
-    backed: set[int] = set()
-
-    def backward(loss, names):
-        backed.add(id(loss))
-        params = [p for n in names for p in by_name[n].params if p.requires_grad]
-        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
-            if g is not None:
-                grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
-
-    def run():
-        grads.clear()
-        backed.clear()
-        batch = Batch(step=0, clip=clip, model=model, generator=torch.Generator().manual_seed(1), method=method,
-                      _backward=backward)
-        with activation_checkpointing(model.denoiser, True), autocast:
-            out = method.training_step(model, batch)
-        for loss in {id(v): v for v in out.losses.values()}.values():  # losses not back-propagated in the step
-            if id(loss) not in backed:
-                backward(loss, [n for n, other in out.losses.items() if other is loss])
-        for g in groups:
-            for p in g.params:
-                p.grad = grads.get(id(p))
-            if g.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in g.params if p.grad is not None], g.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return run
-
-
 def setup_custom_motion(frames: int, size: int, rank: int, priors: bool = True):
     from motion_core.methods.custom_motion import CustomMotion
     from motion_core.training import TrainingConfig, VideoSource
@@ -131,7 +82,7 @@ def setup_custom_motion(frames: int, size: int, rank: int, priors: bool = True):
                           prior_prompt="a square sliding down")
     config = TrainingConfig(steps=1, frames=frames, fps=None, width=size, height=size).resolved(method, 1)
     method.prepare(config, [VideoSource(frames=_video(frames, size))], PROMPT)
-    return _step_runner(model, method, _clip(model, frames, size))
+    return trainer_step(model, method, _clip(model, frames, size))
 
 
 def setup_motion_director(frames: int, size: int, rank: int):
@@ -139,7 +90,7 @@ def setup_motion_director(frames: int, size: int, rank: int):
 
     model = _model()
     method = MotionDirector(MotionDirectorConfig(rank=rank, noise_prior_steps=0, spatial_drop_probability=0.0))
-    return _step_runner(model, method, _clip(model, frames, size))
+    return trainer_step(model, method, _clip(model, frames, size))
 
 
 def _state_bytes(count: int) -> int:

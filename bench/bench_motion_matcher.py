@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _measure import measure, mib, report, zeroscope_topology_model  # noqa: E402
+from _measure import measure, mib, report, trainer_step, zeroscope_topology_model  # noqa: E402
 
 FEATURE_LAYER = "down_blocks.2.attentions.0.transformer_blocks.0.attn2"
 DECODER_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -61,38 +61,13 @@ def _clip(model, frames: int, size: int):
     return CachedClip(index=0, video_index=0, prompt="a bear", latents=latents, prompt_embeds=embeds)
 
 
-def _step_runner(model, method, clip, gradient_checkpointing: bool = True):
-    """One training step as the trainer runs it (gradients of every group; no optimizer update)."""
-    import torch
-
-    from motion_core.training import Batch, activation_checkpointing
-
-    groups = method.setup(model, [clip], torch.Generator().manual_seed(0))
-    params = {g.name: g.params for g in groups}
-    for g in groups:
-        for p in g.params:
-            p.requires_grad_(True)
-    method.train_mode(model)
-
-    def backward(loss, names):
-        torch.autograd.grad(loss, [p for n in names for p in params[n]], allow_unused=True)
-
-    def run():
-        # both methods take their gradients inside the step (Batch.backward), as the trainer lets them
-        batch = Batch(step=0, clip=clip, model=model, generator=torch.Generator().manual_seed(1), method=method,
-                      _backward=backward)
-        with activation_checkpointing(model.denoiser, gradient_checkpointing):
-            return method.training_step(model, batch)
-
-    return run
-
-
 def setup_motion_matcher(frames: int, size: int, rank: int, gradient_checkpointing: bool = True):
     from motion_core.methods.motion_matcher import MotionMatcher, MotionMatcherConfig
 
     model = _model()
     method = MotionMatcher(MotionMatcherConfig(rank=rank, noise_prior=0.0))
-    step = _step_runner(model, method, _clip(model, frames, size), gradient_checkpointing)
+    step = trainer_step(model, method, _clip(model, frames, size), checkpointing=gradient_checkpointing,
+                        update=False)
     return lambda: step()
 
 
@@ -102,7 +77,7 @@ def setup_motion_director(frames: int, size: int, rank: int):
     model = _model()
     # drop probability 0: every step runs both paths (the 20% temporal-only steps would be cheaper)
     method = MotionDirector(MotionDirectorConfig(rank=rank, noise_prior_steps=0, spatial_drop_probability=0.0))
-    step = _step_runner(model, method, _clip(model, frames, size))
+    step = trainer_step(model, method, _clip(model, frames, size), update=False)
     return lambda: step()
 
 
@@ -207,8 +182,8 @@ def count_forwards(frames: int, size: int, rank: int) -> dict[str, dict[str, int
     out = {}
     for gc in (True, False):
         model = _model()
-        step = _step_runner(model, MotionMatcher(MotionMatcherConfig(rank=rank, noise_prior=0.0)),
-                            _clip(model, frames, size), gc)
+        step = trainer_step(model, MotionMatcher(MotionMatcherConfig(rank=rank, noise_prior=0.0)),
+                            _clip(model, frames, size), checkpointing=gc, update=False)
         counts = {FEATURE_LAYER: 0, DECODER_LAYER: 0}
         hooks = [model.denoiser.get_submodule(name).register_forward_pre_hook(
             lambda m, a, name=name: counts.__setitem__(name, counts[name] + 1)) for name in counts]

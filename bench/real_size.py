@@ -133,69 +133,21 @@ def _clip(model, family: str, shape, text, device, dtype):
 
 
 def training_runner(model, method, clip, checkpointing: str):
-    import contextlib
+    from _measure import trainer_step
 
-    import torch
-
-    from motion_core.adapters.lora import lora_root
-    from motion_core.adapters.lora_fast import fused_lora
     from motion_core.memory import available_memory, plan_checkpointing, unit_activations
-    from motion_core.training import Batch, _checkpoint_every_denoiser
 
-    device = clip.latents.device
     f, h, w = clip.latents.shape[2:]
     scale = model.vae_scale_factor
     if checkpointing == "auto":
         frames = next(n for n in range(1, 8 * f + 2) if model.latent_frames(n) == f)
-        units, outside = unit_activations(model, frames, h * scale, w * scale,
-                                          clip.prompt_embeds)
-        free = available_memory(device)
+        units, outside = unit_activations(model, frames, h * scale, w * scale, clip.prompt_embeds)
+        free = available_memory(clip.latents.device)
         plan = plan_checkpointing("auto", units, outside, budget=None if free is None else int(0.7 * free))
     else:
         plan = plan_checkpointing(checkpointing, [], 0, budget=None)
-    groups = method.setup(model, [clip], torch.Generator().manual_seed(0))
-    for g in groups:
-        for p in g.params:
-            p.requires_grad_(True)
-    by_name = {g.name: g for g in groups}
-    optimizer = torch.optim.AdamW([{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay} for g in groups])
-    method.train_mode(model)
-    cuda = device.type == "cuda"
-    half = next(model.denoiser.parameters()).dtype
-    autocast = (lambda: torch.autocast("cuda", dtype=half)) if cuda else contextlib.nullcontext
-    scaler = torch.amp.GradScaler("cuda") if cuda and half == torch.float16 else None
-    grads: dict[int, torch.Tensor] = {}
-    backed: set[int] = set()
-
-    def backward(loss, names):
-        backed.add(id(loss))
-        params = [p for n in names for p in by_name[n].params if p.requires_grad]
-        scaled = scaler.scale(loss) if scaler is not None else loss
-        for p, g in zip(params, torch.autograd.grad(scaled, params, allow_unused=True)):
-            if g is not None:
-                grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
-
-    def run():
-        grads.clear()
-        backed.clear()
-        batch = Batch(step=0, clip=clip, model=model, generator=torch.Generator().manual_seed(1), method=method,
-                      _backward=backward)
-        with _checkpoint_every_denoiser(model, plan.mode != "off", units=plan.units if plan.mode == "partial" else None), \
-                fused_lora(lora_root(model)), autocast():
-            out = method.training_step(model, batch)
-            for loss in {id(v): v for v in out.losses.values()}.values():
-                if id(loss) not in backed:
-                    backward(loss, [n for n, other in out.losses.items() if other is loss])
-        for g in groups:
-            for p in g.params:
-                p.grad = grads.get(id(p))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    run = trainer_step(model, method, clip, checkpointing=plan.mode != "off",
+                       units=plan.units if plan.mode == "partial" else None)
     return run, plan.describe()
 
 

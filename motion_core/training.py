@@ -86,12 +86,15 @@ __all__ = [
     "TrainingResult",
     "VideoSource",
     "activation_checkpointing",
+    "autocast_dtype",
     "build_clips",
     "cache_clips",
     "checkpointed_call",
     "find_checkpoint",
+    "grad_scaler",
     "recompute_context",
     "render_loss_curve",
+    "step_levers",
     "train",
 ]
 
@@ -692,6 +695,27 @@ def compiled_units(model: "VideoModel", enabled: bool = True) -> Iterator[list[s
             unit._compiled_call_impl = previous
 
 
+@contextlib.contextmanager
+def step_levers(model: "VideoModel", compile: bool = False) -> Iterator[None]:
+    """What makes a training step cheaper without changing its maths, while inside: peft's LoRA sets as one
+    autograd function each (:mod:`~motion_core.adapters.lora_fast`), frame-only Conv3d as conv2d
+    (:mod:`~motion_core.temporal_conv`), denormal floats flushed on the CPU (tiny gradients squared in AdamW's
+    second moment fall below 1e-38, where x86 arithmetic is ~7x slower), optional regional torch.compile
+    (:func:`compiled_units`). The trainer's loop runs inside it; so do the benches' steps."""
+    from .adapters.lora import denoiser_modules, lora_root
+    from .adapters.lora_fast import fused_lora
+    from .temporal_conv import temporal_convs_as_2d
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fused_lora(lora_root(model)))
+        for _, denoiser in denoiser_modules(model):
+            stack.enter_context(temporal_convs_as_2d(denoiser))
+        if model.device.type == "cpu" and torch.set_flush_denormal(True):
+            stack.callback(torch.set_flush_denormal, False)
+        stack.enter_context(compiled_units(model, compile))
+        yield
+
+
 def _eval_every_denoiser(model: "VideoModel") -> None:
     from .adapters.lora import denoiser_modules
 
@@ -757,7 +781,8 @@ def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return fn
 
 
-def _autocast_dtype(config: TrainingConfig, model: "VideoModel") -> torch.dtype | None:
+def autocast_dtype(config: TrainingConfig, model: "VideoModel") -> torch.dtype | None:
+    """The dtype the step runs its autocast in (None: no autocast) -- ``config.mixed_precision`` on this model."""
     if model.device.type != "cuda":
         if config.mixed_precision in ("fp16", "bf16"):
             log.warning("mixed precision %s is only used on CUDA; training on %s in %s.", config.mixed_precision,
@@ -771,6 +796,13 @@ def _autocast_dtype(config: TrainingConfig, model: "VideoModel") -> torch.dtype 
             return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
+
+
+def grad_scaler(model: "VideoModel", autocast_dtype: torch.dtype | None) -> "torch.amp.GradScaler | None":
+    """A GradScaler where fp16 is in play on CUDA (autocast in fp16 or an fp16 model), else None."""
+    if model.device.type == "cuda" and torch.float16 in (autocast_dtype, model.dtype):
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 def _memory_cap() -> int | None:
@@ -1133,9 +1165,8 @@ class Trainer:
                       "name": g.name} for g in groups])
                 lam = _lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, cfg.steps)
                 self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lam] * len(groups))
-                self.autocast_dtype = _autocast_dtype(cfg, model)
-                self.scaler = (torch.amp.GradScaler("cuda") if (model.device.type == "cuda" and (
-                    self.autocast_dtype == torch.float16 or model.dtype == torch.float16)) else None)
+                self.autocast_dtype = autocast_dtype(cfg, model)
+                self.scaler = grad_scaler(model, self.autocast_dtype)
                 if state is not None:
                     self._load_checkpoint(checkpoint, state)
                 self._check_disk_space(groups)
@@ -1417,15 +1448,9 @@ class Trainer:
 
     @contextlib.contextmanager
     def _speed_levers(self) -> Iterator[None]:
-        """What makes a step cheaper without changing its maths, for the loop's duration: the idle encoders
-        leave the device and RAM (back for previews), peft's LoRA sets as one autograd function each
-        (:mod:`~motion_core.adapters.lora_fast`), frame-only Conv3d as conv2d (:mod:`~motion_core.temporal_conv`),
-        denormal floats flushed on the CPU (tiny gradients squared in AdamW's second moment fall below
-        1e-38, where x86 arithmetic is ~7x slower), optional regional torch.compile."""
-        from .adapters.lora import denoiser_modules, lora_root
-        from .adapters.lora_fast import fused_lora
+        """For the loop's duration: the idle encoders leave the device and RAM (back for previews), and the
+        step runs inside :func:`step_levers`."""
         from .offload import ComponentStash
-        from .temporal_conv import temporal_convs_as_2d
 
         cfg, model = self.config, self.model
         with contextlib.ExitStack() as stack:
@@ -1437,13 +1462,8 @@ class Trainer:
                 if stash.released and self.is_main:
                     log.info("released %s (%s) until the run ends; they come back for previews",
                              " and ".join(stash.released), _mib(stash.released_bytes))
-            stack.enter_context(fused_lora(lora_root(model)))
-            for _, denoiser in denoiser_modules(model):
-                stack.enter_context(temporal_convs_as_2d(denoiser))
-            if model.device.type == "cpu" and torch.set_flush_denormal(True):
-                stack.callback(torch.set_flush_denormal, False)
             self._compiling = cfg.compile == "on"
-            stack.enter_context(compiled_units(model, self._compiling))
+            stack.enter_context(step_levers(model, self._compiling))
             yield
 
     def _new_step_state(self) -> None:
@@ -1463,11 +1483,14 @@ class Trainer:
             self._bad = True  # no gradient through a NaN graph; the step will be skipped
             return
         params = [p for n in names for p in groups[n].params if p.requires_grad]
-        if not params:
-            return
+        if params:
+            self._accumulate(loss, params)
+
+    def _accumulate(self, loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> None:
+        """Add ``∂loss/∂params`` (scaled for fp16, outside autocast) to the step's gradients."""
         scaled = self.scaler.scale(loss) if self.scaler is not None else loss
         with self._no_autocast():
-            result = torch.autograd.grad(scaled, params, allow_unused=True)
+            result = torch.autograd.grad(scaled, params, allow_unused=True, retain_graph=retain_graph)
         for p, g in zip(params, result):
             if g is not None:
                 self._grads[id(p)] = g if id(p) not in self._grads else self._grads[id(p)] + g
@@ -1498,12 +1521,7 @@ class Trainer:
             for i, loss in enumerate(pending):
                 names = [n for n, l in out.losses.items() if l is loss]
                 params = [p for n in names for p in groups[n].params if p.requires_grad]
-                scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-                with self._no_autocast():
-                    result = torch.autograd.grad(scaled, params, allow_unused=True, retain_graph=i < len(pending) - 1)
-                for p, g in zip(params, result):
-                    if g is not None:
-                        self._grads[id(p)] = g if id(p) not in self._grads else self._grads[id(p)] + g
+                self._accumulate(loss, params, retain_graph=i < len(pending) - 1)
         else:
             bad = True
         grads = self._grads
