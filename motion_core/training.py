@@ -1136,6 +1136,7 @@ class Trainer:
                             height=cfg.height, windows=cfg.windows, resize=cfg.resize)
         self.num_clips = len(clips)
         self._score_reference = clips[0].frames if clips else None  # what the previews are scored against
+        self._score_memo: Any = None  # the reference's tracks / CLIP features, computed at the first preview
         data_fp = clips_fingerprint(clips)
         checkpoint = find_checkpoint(resume) if resume else None
         state = self._read_state(checkpoint, data_fp) if checkpoint else None
@@ -1640,7 +1641,7 @@ class Trainer:
     def _score_preview(self, prompt: str) -> None:
         """Motion fidelity (and CLIP-T) of the preview against the training clip, into this step's history
         record; with ``select_best``, a new best is saved as ``<save_name>_best.safetensors`` at once."""
-        from .metrics import evaluate_motion, load_clip_scorer
+        from .metrics import ReferenceMemo, evaluate_motion, load_clip_scorer
         from .metrics.selection import BEST_RULE, selection_score
 
         cfg = self.config
@@ -1649,7 +1650,10 @@ class Trainer:
         if self.clip_scorer is None and cfg.score_clip:
             self.clip_scorer = load_clip_scorer(cfg.score_clip, device=self.model.device)
         try:
-            ev = evaluate_motion(self._score_reference, self.preview[0], prompt=prompt, clip=self.clip_scorer)
+            if self._score_memo is None:
+                self._score_memo = ReferenceMemo()
+            ev = evaluate_motion(self._score_reference, self.preview[0], prompt=prompt, clip=self.clip_scorer,
+                                 memo=self._score_memo)
         except InputError as exc:  # a training clip without trackable motion: say so once, keep training
             log.warning("checkpoint scores are off for this run: %s", exc)
             self.scoring = False

@@ -88,14 +88,14 @@ def _optional_inputs() -> dict:
 
 
 def _evaluate(reference, generated, tracker, length_mismatch, prompt, clip, max_points, cotracker_checkpoint,
-              grid_size, what: str = "generated video"):
+              grid_size, what: str = "generated video", memo=None):
     from motion_core.metrics import evaluate_motion
 
     try:
         return evaluate_motion(reference, generated, prompt=prompt or None, clip=clip, tracker=tracker,
                                length=length_mismatch, max_points=int(max_points),
                                cotracker_checkpoint=_cotracker_path(cotracker_checkpoint), grid_size=int(grid_size),
-                               device=host.torch_device("auto"))
+                               device=host.torch_device("auto"), memo=memo)
     except InputError as exc:
         if what == "generated video":
             raise
@@ -215,6 +215,7 @@ class MotionKitCompareMotion:
     def compare(self, reference, labels="", tracker="lucas_kanade", length_mismatch="resample", prompt="", clip=None,
                 max_points=600, cotracker_checkpoint=NO_COTRACKER, grid_size=55, generated_1=None, generated_2=None,
                 generated_3=None, generated_4=None, generated_5=None, generated_6=None):
+        from motion_core.metrics import ReferenceMemo
         from motion_core.metrics.render import ranking, render_comparison
         from motion_core.video import from_comfy_image
 
@@ -226,10 +227,12 @@ class MotionKitCompareMotion:
             raise InputError("Compare Motion has no generation to compare: connect videos to generated_1, "
                              "generated_2, ...")
         rows = []
+        memo = ReferenceMemo()  # the reference is tracked once for all the generations
         for i, video in videos:
             label = names[i - 1] if i - 1 < len(names) and names[i - 1] else f"generation {i}"
             rows.append((label, _evaluate(reference, video, tracker, length_mismatch, prompt, clip, max_points,
-                                          cotracker_checkpoint, grid_size, what=f"generated_{i} ({label})")))
+                                          cotracker_checkpoint, grid_size, what=f"generated_{i} ({label})",
+                                          memo=memo)))
         table = render_comparison(from_comfy_image(reference), rows)
         ranked = [{"rank": place, "label": rows[i][0], **rows[i][1].to_json()}
                   for place, i in enumerate(ranking(rows), start=1)]

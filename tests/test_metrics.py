@@ -119,6 +119,40 @@ def test_lengths_and_sizes_are_aligned_and_said():
         evaluate_motion(ref, textured_pan(16, 96, (1.5, 0)), length="refuse")
 
 
+def test_one_reference_is_tracked_once_for_many_videos(clip, monkeypatch):
+    """ReferenceMemo (checkpoint previews, Compare Motion, the CLI's several videos): the reference's tracks and
+    CLIP features are computed once per alignment, the scores are those of separate evaluations."""
+    from motion_core.metrics import ReferenceMemo
+    from motion_core.metrics import evaluate as evaluate_module
+
+    ref = textured_pan(16, 64, (1.5, 0))
+    videos = [textured_pan(16, 64, (1.5, 0), seed=1), textured_pan(16, 64, (-1.5, 0), seed=2),
+              textured_pan(24, 64, (1.5, 0), seed=3)]
+    alone = [evaluate_motion(ref, v, prompt="a pan", clip=clip) for v in videos]
+    calls = {"tracks": 0, "features": 0}
+    track = evaluate_module.track_points
+    features = type(clip).image_features
+
+    def counted_tracks(frames, **kwargs):
+        calls["tracks"] += kwargs.get("what") == "reference video"
+        return track(frames, **kwargs)
+
+    def counted_features(self, frames):
+        calls["features"] += 1
+        return features(self, frames)
+
+    monkeypatch.setattr(evaluate_module, "track_points", counted_tracks)
+    monkeypatch.setattr(type(clip), "image_features", counted_features)
+    memo = ReferenceMemo()
+    shared = [evaluate_motion(ref, v, prompt="a pan", clip=clip, memo=memo) for v in videos]
+    # two alignments: 16 generated frames (twice) and 24; the generated videos' features are computed each time
+    assert calls == {"tracks": 2, "features": 2 + len(videos)}
+    for a, b in zip(alone, shared):
+        assert a.scores() == b.scores()
+    evaluate_motion(textured_pan(16, 64, (0, 1.5)), videos[0], memo=memo)  # another reference: tracked anew
+    assert calls["tracks"] == 3
+
+
 def test_bad_clips_are_refused_clearly():
     ref = textured_pan(16, 64, (1.5, 0))
     with pytest.raises(InputError, match="2 frame.*at least 3"):

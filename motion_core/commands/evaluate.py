@@ -66,7 +66,7 @@ def _read(path: str, frames: int | None, what: str):
 
 @command("evaluate", "score generated videos against their reference (motion fidelity, CLIP scores)", _arguments)
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..metrics import evaluate_motion, load_clip_scorer
+    from ..metrics import ReferenceMemo, evaluate_motion, load_clip_scorer
     from ..metrics.files import write_json, write_png
     from ..metrics.render import ranking, render_comparison, render_evaluation
     from ..names import check_output_path
@@ -100,10 +100,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     clip = load_clip_scorer(args.clip, device=device) if args.clip else None
     rows = []
+    memo = ReferenceMemo()  # the reference is tracked once for all the videos
     for label, video in zip(labels, generated):
         ev = evaluate_motion(reference, video, prompt=args.prompt, clip=clip, tracker=args.tracker, length=args.length,
                              max_points=args.max_points, cotracker_checkpoint=args.cotracker_checkpoint,
-                             grid_size=args.grid_size, device=device)
+                             grid_size=args.grid_size, device=device, memo=memo)
         rows.append((label, ev))
     if len(rows) == 1:
         label, ev = rows[0]

@@ -16,7 +16,7 @@ from .clip import ClipScorer
 from .fidelity import FidelityResult, motion_fidelity
 from .tracks import MIN_FRAMES, Tracks, track_points
 
-__all__ = ["LENGTH_POLICIES", "SCORE_KEYS", "MotionEvaluation", "align_lengths", "evaluate_motion"]
+__all__ = ["LENGTH_POLICIES", "SCORE_KEYS", "MotionEvaluation", "ReferenceMemo", "align_lengths", "evaluate_motion"]
 
 #: how two videos of different lengths are compared
 LENGTH_POLICIES = ("resample", "trim", "refuse")
@@ -79,6 +79,23 @@ def align_lengths(reference: torch.Tensor, generated: torch.Tensor, policy: str 
     return reference, generated, notes
 
 
+class ReferenceMemo:
+    """One reference scored against many videos (a run's checkpoint previews, *Compare Motion*'s generations,
+    the CLI's several ``--video``): its point tracks and CLIP image features are computed once per way it is
+    aligned and reused. Bound to the first reference object it sees; another one empties it."""
+
+    def __init__(self) -> None:
+        self._reference: Any = None
+        self._values: dict[tuple, Any] = {}
+
+    def get(self, reference: Any, key: tuple, compute: Any) -> Any:
+        if self._reference is not reference:
+            self._reference, self._values = reference, {}
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+
 @dataclass
 class MotionEvaluation:
     """Scores of one generated video against its reference (None where a score was not computed)."""
@@ -124,19 +141,25 @@ class MotionEvaluation:
 def evaluate_motion(reference: Any, generated: Any, *, prompt: str | None = None, clip: ClipScorer | None = None,
                     tracker: str = "lucas_kanade", length: str = "resample", max_points: int = 600,
                     cotracker_checkpoint: str | os.PathLike | None = None, grid_size: int = 55,
-                    device: str | torch.device = "cpu") -> MotionEvaluation:
+                    device: str | torch.device = "cpu", memo: ReferenceMemo | None = None) -> MotionEvaluation:
     """Score ``generated`` against ``reference`` (IMAGE batches / frames ``[F,H,W,3]`` in 0..1).
 
     Motion fidelity always (:func:`~.fidelity.motion_fidelity`); with ``clip``: temporal consistency and
-    appearance leakage of the generated video, and text alignment when ``prompt`` is given."""
+    appearance leakage of the generated video, and text alignment when ``prompt`` is given. ``memo``: the
+    reference's tracks and CLIP features from earlier calls with the same reference (:class:`ReferenceMemo`)."""
     started = time.perf_counter()
+    original = reference
+    memo = memo if memo is not None else ReferenceMemo()
     ref, gen = _frames(reference, "reference video"), _frames(generated, "generated video")
+    # the aligned reference depends only on its own frames, the generated length and the policy
+    aligned = (int(ref.shape[0]), int(gen.shape[0]), length)
     counts = {"reference": int(ref.shape[0]), "generated": int(gen.shape[0])}
     ref, gen, notes = align_lengths(ref, gen, length)
     counts["compared"] = int(ref.shape[0])
     options = dict(tracker=tracker, max_points=max_points, cotracker_checkpoint=cotracker_checkpoint,
                    grid_size=grid_size, device=device)
-    ref_tracks = track_points(ref, what="reference video", **options)
+    ref_tracks = memo.get(original, ("tracks", aligned, tuple(sorted((k, str(v)) for k, v in options.items()))),
+                          lambda: track_points(ref, what="reference video", **options))
     gen_tracks = track_points(gen, what="generated video", **options)
     fidelity = motion_fidelity(ref_tracks, gen_tracks)
     if gen_tracks.count == 0:
@@ -145,7 +168,7 @@ def evaluate_motion(reference: Any, generated: Any, *, prompt: str | None = None
     text_prompt = str(prompt).strip() if prompt is not None and str(prompt).strip() else None
     if clip is not None:
         gen_features = clip.image_features(gen)
-        ref_features = clip.image_features(ref)
+        ref_features = memo.get(original, ("clip", id(clip), aligned), lambda: clip.image_features(ref))
         consistency = clip.temporal_consistency(gen, gen_features)
         leakage = clip.appearance_leakage(gen, ref, gen_features, ref_features)
         if text_prompt is not None:
