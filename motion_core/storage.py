@@ -115,11 +115,12 @@ def storage_error(exc: BaseException, target: str | os.PathLike, *, what: str, n
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object], *, what: str,
-                     needed: int | None = None) -> Path:
+                     needed: int | None = None, advice: str = "") -> Path:
     """Write one file atomically: ``write(tmp)`` fills a temporary name in the target folder, which then replaces
     ``path`` (``os.replace``), so there is never a half file. ``needed`` bytes are checked free first; a full
-    disk (before or while writing) or an unwritable folder raises a :class:`StorageError` naming the folder and
-    ``what``, and an existing file at ``path`` is left as it was."""
+    disk (before or while writing) or an unwritable folder raises a :class:`StorageError` naming the folder,
+    ``what`` and the bytes written so far (``advice``: how to choose another folder), and an existing file at
+    ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -130,7 +131,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object], *
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
-        err = storage_error(exc, path, what=what, needed=needed)
+        try:
+            written = tmp.stat().st_size
+        except OSError:  # never created (e.g. a read-only folder)
+            written = None
+        err = storage_error(exc, path, what=what, needed=needed, written=written, advice=advice)
         if err is not None:
             raise err from exc
         raise

@@ -27,7 +27,6 @@ import functools
 import math
 import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -883,52 +882,41 @@ def write_video(
     else:
         frame_iter = iter(frames)
 
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     rate = Fraction(fps).limit_denominator(1001)
-    container = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+
+    def encode(tmp: Path) -> None:
         container = av.open(str(tmp), mode="w", format=fmt)
-        stream = None
-        size: tuple[int, int] | None = None
-        count = 0
-        for i, frame in enumerate(frame_iter):
-            arr = _frame_uint8(frame, i, size)
-            if size is None:
-                size = (int(arr.shape[1]), int(arr.shape[0]))
-            arr = _even(arr)
-            if stream is None:
-                stream = _add_video_stream(container, codec, rate, crf, int(arr.shape[1]), int(arr.shape[0]))
-            vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
-            vf.pts = i
-            for packet in stream.encode(vf):
+        try:
+            stream = None
+            size: tuple[int, int] | None = None
+            count = 0
+            for i, frame in enumerate(frame_iter):
+                arr = _frame_uint8(frame, i, size)
+                if size is None:
+                    size = (int(arr.shape[1]), int(arr.shape[0]))
+                arr = _even(arr)
+                if stream is None:
+                    stream = _add_video_stream(container, codec, rate, crf, int(arr.shape[1]), int(arr.shape[0]))
+                vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                vf.pts = i
+                for packet in stream.encode(vf):
+                    container.mux(packet)
+                count += 1
+            if stream is None or count == 0:
+                raise InputError("frames is empty: there is nothing to write.")
+            for packet in stream.encode():
                 container.mux(packet)
-            count += 1
-        if stream is None or count == 0:
-            raise InputError("frames is empty: there is nothing to write.")
-        for packet in stream.encode():
-            container.mux(packet)
-        container.close()
-        container = None
-        os.replace(tmp, target)
-    except BaseException as exc:
-        if container is not None:
+        except BaseException:
             try:
                 container.close()
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
-        try:
-            written = tmp.stat().st_size
-            tmp.unlink()
-        except OSError:  # never created (e.g. a read-only folder): the original error is the one to report
-            written = None
-        from .storage import storage_error
+            raise
+        container.close()
 
-        err = storage_error(exc, target, what="the video", written=written,
-                            advice="or write the video to another folder")
-        if err is not None:
-            raise err from exc
-        raise
+    from .storage import write_atomically
+
+    write_atomically(target, encode, what="the video", advice="or write the video to another folder")
     return target
 
 

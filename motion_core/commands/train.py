@@ -382,10 +382,10 @@ def _save_png(image, path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(tmp)
-    os.replace(tmp, path)
+    from ..storage import write_atomically
+
+    picture = Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
+    write_atomically(path, lambda tmp: picture.save(tmp, format="PNG"), what="the picture")
 
 
 # ============================================================================================== export

@@ -106,7 +106,6 @@ import json
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -988,14 +987,9 @@ def export_reference_embeddings(adapter: MotionEmbeddings, path: str | os.PathLi
     for key in reference_keys(adapter.qk, adapter.v):
         src = adapter.qk[key[: -len(QK_SUFFIX)]] if key.endswith(QK_SUFFIX) else adapter.v[key[: -len(V_SUFFIX)]]
         out[key] = nn.Parameter(src.float().clone(), requires_grad=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(out, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from ..storage import write_atomically
+
+    return write_atomically(path, lambda tmp: torch.save(out, str(tmp)), what="the reference-format embeddings")
 
 
 def _probe_reference_pt(path: Path) -> MotionEmbeddings | None:
